@@ -1,0 +1,5 @@
+import sys
+
+from stopbudget.cli import main
+
+sys.exit(main())

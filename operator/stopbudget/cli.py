@@ -1,0 +1,91 @@
+"""The ``stopbudget`` command line.
+
+Each subcommand is a small function here that parses its arguments and calls
+the module that does the work, so ``stopbudget --help`` lists everything and
+no module imports more than its command needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _cmd_crd(args: argparse.Namespace) -> int:
+    from stopbudget import crdgen
+
+    sys.stdout.write(crdgen.render())
+    return 0
+
+
+def _cmd_docs(args: argparse.Namespace) -> int:
+    from stopbudget import apidocs
+
+    text = apidocs.render()
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text, encoding="utf-8")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from stopbudget import validate
+
+    problems = []
+    for name in args.files:
+        path = Path(name)
+        try:
+            text = sys.stdin.read() if name == "-" else path.read_text(encoding="utf-8")
+        except OSError as exc:
+            print(f"{name}: (file): cannot read: {exc.strerror}", file=sys.stderr)
+            problems.append(name)
+            continue
+        found = validate.check_text(text, name)
+        for problem in found:
+            print(problem)
+        problems += found
+        if not found and not args.quiet:
+            print(f"{name}: valid")
+    return 1 if problems else 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="stopbudget",
+        description="Keep LLM serving at the best point between token cost and answer quality.",
+    )
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("crd", help="print the StopPolicy CustomResourceDefinition (YAML)")
+    p.set_defaults(func=_cmd_crd)
+
+    p = sub.add_parser("docs", help="write the API reference (Markdown)")
+    p.add_argument("-o", "--output", default="docs/api.md", help="file, or - for stdout")
+    p.set_defaults(func=_cmd_docs)
+
+    p = sub.add_parser(
+        "validate",
+        help="check StopPolicy YAML files offline",
+        description="Check StopPolicy YAML (multi-document files too) against the CRD schema "
+        "and the operator's rules. Prints 'file: path.to.field: message' per problem; "
+        "exit code 1 on any problem.",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="YAML file, or - for stdin")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only problems")
+    p.set_defaults(func=_cmd_validate)
+
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

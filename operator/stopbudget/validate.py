@@ -1,0 +1,165 @@
+"""``stopbudget validate``: check StopPolicy YAML offline, as the API server and the operator would.
+
+Two layers, each reporting every problem as ``(path.to.field, message)``:
+
+* the CRD's ``openAPIV3Schema`` through ``jsonschema`` (types, bounds, enums,
+  patterns), made strict about unknown fields the way ``kubectl apply``'s
+  default server-side field validation is;
+* the pydantic model, which adds durations, cron expressions and regular
+  expressions;
+* the cross-field rules (the CRD's CEL rules, in their Python form), run on
+  every object the API server would run them on, with structural defaults
+  applied first, so one invalid object does not hide another's problems.
+
+When two layers flag the same field, the pydantic message is kept (it names
+the fix).  Pure apart from reading the text handed in.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+import yaml
+from pydantic import ValidationError
+
+from stopbudget import api, crdgen
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found in one document."""
+
+    where: str
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.path}: {self.message}"
+
+
+def _strict(schema: dict[str, Any]) -> dict[str, Any]:
+    """Copy of ``schema`` where every object with properties rejects unknown ones."""
+    out = copy.deepcopy(schema)
+
+    def walk(node: dict[str, Any], is_metadata: bool = False) -> None:
+        if "properties" in node and not is_metadata:
+            node.setdefault("additionalProperties", False)
+        for name, child in node.get("properties", {}).items():
+            walk(child, is_metadata=name == "metadata" and node is out)
+        if isinstance(node.get("items"), dict):
+            walk(node["items"])
+        if isinstance(node.get("additionalProperties"), dict):
+            walk(node["additionalProperties"])
+
+    walk(out)
+    return out
+
+
+_VALIDATOR = jsonschema.Draft4Validator(_strict(crdgen.open_api_schema()))
+
+
+def _schema_problems(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    found = []
+    for err in _VALIDATOR.iter_errors(doc):
+        parts = [f"[{p}]" if isinstance(p, int) else str(p) for p in err.absolute_path]
+        path = ""
+        for p in parts:
+            path += p if p.startswith("[") or not path else "." + p
+        message = err.message
+        if err.validator == "additionalProperties":
+            message = f"unknown field ({err.message}): remove it or check its spelling"
+        found.append((path or "(document)", message))
+    return found
+
+
+def apply_defaults(schema: dict[str, Any], obj: Any) -> Any:
+    """Fill structural-schema defaults into ``obj`` the way the API server does."""
+    if isinstance(obj, dict) and "properties" in schema:
+        for name, sub in schema["properties"].items():
+            if name not in obj and "default" in sub:
+                obj[name] = copy.deepcopy(sub["default"])
+            if name in obj:
+                obj[name] = apply_defaults(sub, obj[name])
+    elif isinstance(obj, list) and "items" in schema:
+        obj = [apply_defaults(schema["items"], item) for item in obj]
+    return obj
+
+
+_RULES = api.all_rules()
+
+
+def _rule_problems(schema: dict[str, Any], obj: Any, path: str) -> list[tuple[str, str]]:
+    found = []
+    if isinstance(obj, dict):
+        for crd_rule in schema.get("x-kubernetes-validations", []):
+            rule = _RULES.get(crd_rule["rule"])
+            if rule is None:
+                continue  # a single-field rule; pydantic reports those
+            try:
+                ok = rule.check(obj)
+            except (KeyError, TypeError, AttributeError, ValueError):
+                continue  # a field it reads is malformed: the schema layer says which
+            if not ok:
+                found.append((f"{path}.{rule.field}", rule.message))
+        for name, sub in schema.get("properties", {}).items():
+            if name in obj:
+                found += _rule_problems(sub, obj[name], f"{path}.{name}")
+    elif isinstance(obj, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(obj):
+            found += _rule_problems(schema["items"], item, f"{path}[{i}]")
+    return found
+
+
+def check_document(doc: Any) -> list[tuple[str, str]]:
+    """Every problem of one parsed YAML document, as ``(path, message)`` pairs."""
+    if not isinstance(doc, dict):
+        return [
+            ("(document)", f"expected a mapping (a Kubernetes object), got {type(doc).__name__}")
+        ]
+    kind, version = doc.get("kind"), doc.get("apiVersion")
+    if kind != api.KIND or version != api.API_VERSION:
+        return [
+            (
+                "kind",
+                f"{version}/{kind} is not a {api.API_VERSION} {api.KIND}: "
+                "stopbudget validate checks StopPolicy documents only",
+            )
+        ]
+    model: list[tuple[str, str]] = []
+    try:
+        api.StopPolicy.model_validate(doc)
+    except ValidationError as exc:
+        model = api.problems_of(exc, cross_field=False)
+    schema = crdgen.open_api_schema()
+    rules = _rule_problems(schema, apply_defaults(schema, copy.deepcopy(doc)), "")
+    flagged = {path for path, _ in model}
+    structure = [(p, m) for p, m in _schema_problems(doc) if p not in flagged]
+    return sorted(set(model) | {(p.lstrip("."), m) for p, m in rules} | set(structure))
+
+
+def _documents(text: str) -> Iterator[tuple[int, Any]]:
+    for index, doc in enumerate(yaml.safe_load_all(text), start=1):
+        if doc is not None:
+            yield index, doc
+
+
+def check_text(text: str, name: str) -> list[Problem]:
+    """Every problem in a YAML file's text; ``name`` labels the file in the output."""
+    try:
+        docs = list(_documents(text))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1} column {mark.column + 1}" if mark else "yaml"
+        return [Problem(name, where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]
+    if not docs:
+        return [Problem(name, "(file)", "no YAML document found")]
+    multi = len(docs) > 1
+    problems = []
+    for index, doc in docs:
+        where = f"{name}#{index}" if multi else name
+        problems += [Problem(where, path, msg) for path, msg in check_document(doc)]
+    return problems
