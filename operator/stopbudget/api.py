@@ -892,6 +892,28 @@ class StopPolicySpec(_Model):
                 or s["cost"]["maxTokensPerRequest"] >= s["budget"]["min"]
             ),
         ),
+        CrossFieldRule(
+            "!has(self.control) || !has(self.control.maxStepUp) || "
+            "self.control.maxStepUp >= self.budget.step",
+            "control.maxStepUp must be at least budget.step: a smaller move cannot land on a "
+            "multiple of step",
+            "control.maxStepUp",
+            lambda s: (
+                "maxStepUp" not in s.get("control", {})
+                or s["control"]["maxStepUp"] >= s["budget"].get("step", 1)
+            ),
+        ),
+        CrossFieldRule(
+            "!has(self.control) || !has(self.control.maxStepDown) || "
+            "self.control.maxStepDown >= self.budget.step",
+            "control.maxStepDown must be at least budget.step: a smaller move cannot land on a "
+            "multiple of step",
+            "control.maxStepDown",
+            lambda s: (
+                "maxStepDown" not in s.get("control", {})
+                or s["control"]["maxStepDown"] >= s["budget"].get("step", 1)
+            ),
+        ),
     )
     model_config = ConfigDict(json_schema_extra=_rules_schema(rules))
 

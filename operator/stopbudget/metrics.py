@@ -202,11 +202,11 @@ class OperatorMetrics:
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop every series of a deleted policy."""
-        for collector in list(self.registry._collector_to_names):  # noqa: SLF001
+        for collector in list(self.registry._collector_to_names):
             labelnames = getattr(collector, "_labelnames", ())
             if labelnames[:2] != POLICY:
                 continue
-            for labels in list(collector._metrics):  # type: ignore[attr-defined]  # noqa: SLF001
+            for labels in list(collector._metrics):  # type: ignore[attr-defined]
                 if labels[:2] == (namespace, name):
                     collector.remove(*labels)  # type: ignore[attr-defined]
 
