@@ -1016,6 +1016,52 @@ class LastAudit(_Model):
     message: str = Field("", max_length=4096, description="Outcome in one line.")
 
 
+class AlertStatus(StrEnum):
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+class AlertRecord(_Model):
+    """One Alertmanager alert seen for this policy: the webhook's dedupe record."""
+
+    fingerprint: str = Field(max_length=128, description="Alertmanager's fingerprint.")
+    starts_at: datetime = Field(description="startsAt of the alert: with the fingerprint, its key.")
+    status: AlertStatus = Field(description="firing or resolved, as last received.")
+    alertname: str = Field("", max_length=256, description="The alertname label.")
+    last_seen: datetime = Field(description="When it was last received.")
+
+    @property
+    def key(self) -> tuple[str, datetime]:
+        return (self.fingerprint, self.starts_at)
+
+
+class AuditScheduleState(_Model):
+    """What the audit scheduler remembers between ticks."""
+
+    last_schedule_time: datetime | None = Field(
+        None,
+        description="The latest cron slot consumed by an audit start; missed slots after it "
+        "collapse into one catch-up run.",
+    )
+    deferred_since: datetime | None = Field(
+        None,
+        description="When the due scheduled or spec-change audit was first deferred under "
+        "pressure; it runs anyway maxDeferral later.",
+    )
+    spec_hash: str | None = Field(
+        None,
+        max_length=64,
+        description="Hash of the measurement fields of spec.audit at the last audit start; "
+        "a different hash is a spec-change trigger.",
+    )
+    pending: list[AuditTrigger] = Field(
+        default_factory=list,
+        max_length=4,
+        json_schema_extra=_LIST_SET,
+        description="Triggers requested by events (a firing alert) and not yet started.",
+    )
+
+
 class OriginalValue(_Model):
     """What the sink held before the operator first wrote it; restored on delete."""
 
@@ -1067,6 +1113,18 @@ class StopPolicyStatus(_Model):
         default_factory=list,
         max_length=1024,
         description="Recommendations within the downscale stabilization window.",
+    )
+    audit_schedule: AuditScheduleState | None = Field(
+        None,
+        description="Audit scheduler state: last cron slot consumed, deferral start, spec hash, "
+        "pending triggers.",
+    )
+    alerts: list[AlertRecord] = Field(
+        default_factory=list,
+        max_length=32,
+        json_schema_extra=_list_map("fingerprint", "startsAt"),
+        description="Alertmanager alerts seen for this policy, deduplicated by fingerprint and "
+        "startsAt; a firing one sets AlertFiring.",
     )
     conditions: list[Condition] = Field(
         default_factory=list,

@@ -1,0 +1,695 @@
+"""The Alertmanager webhook receiver: auth, validation, dedupe and matching to policies.
+
+Alertmanager's ``webhook_config`` POSTs a JSON payload (version ``"4"``) per
+alert group.  This module turns it into one :class:`PolicyAlerts` per matched
+StopPolicy, handed to the operator's callback in the background; the HTTP
+answer (202) never waits for it.
+
+Pure parts (no I/O, no clock: they take ``now``), testable without HTTP:
+
+* :func:`parse_payload`: bytes -> :class:`WebhookPayload`, or :class:`PayloadError`
+  with the reason (malformed JSON, wrong version, missing or mistyped fields);
+* :func:`selects` / :func:`match_policies`: an alert selects a policy by its
+  labels ``stoppolicy`` + ``namespace`` (exact), or by the policy's
+  ``audit.alerts.matchLabels`` (all listed labels equal; empty matches nothing);
+* :func:`observe` / :func:`plan_payload`: dedupe by (fingerprint, startsAt)
+  against a small serialisable record list kept in each policy's status
+  (:class:`AlertRecord`, proposed ``status.alerts``), so repeats
+  (``repeat_interval``), HA twins and operator restarts trigger once.  A firing
+  alert not seen before triggers an audit; ``resolved`` never triggers and
+  clears ``AlertFiring`` when no firing record is left.  Records expire
+  (:class:`DedupeConfig`) and their number is bounded.
+
+The HTTP part, :func:`create_app`, an aiohttp application with ``POST
+/alertmanager``: bearer token from a file (re-read when the file changes, as a
+rotated Secret volume does), compared in constant time; 401 with
+``WWW-Authenticate: Bearer``; 413 over the body limit (Content-Length and the
+bytes actually read); 400 with a JSON reason; 405 on other methods; 503 when
+the token file is unreadable or the queue is full (Alertmanager retries 5xx);
+202 at once otherwise.  A single background worker processes payloads in
+order (so two copies of one alert can never race past the dedupe); exceptions
+in the callback are logged and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pydantic_core
+from aiohttp import hdrs, web
+from aiohttp.typedefs import LooseHeaders
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from stopbudget.api import AlertRecord, AlertStatus, StopPolicySpec
+from stopbudget.metrics import OperatorMetrics
+
+log = logging.getLogger(__name__)
+
+PAYLOAD_VERSION = "4"
+DEFAULT_PATH = "/alertmanager"
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+#: Alert labels that name the policy an alert is about (as on the operator's own series).
+LABEL_POLICY = "stoppolicy"
+LABEL_NAMESPACE = "namespace"
+#: Problems listed in a 400 answer at most.
+MAX_PROBLEMS = 10
+
+
+# --------------------------------------------------------------------------- the payload
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+    )
+
+
+Labels = dict[str, str]
+
+
+def _text_only(value: object) -> object:
+    if not isinstance(value, str):
+        raise ValueError("must be an RFC 3339 timestamp string, e.g. 2024-05-01T12:00:00Z")  # noqa: TRY004 - pydantic wants ValueError
+    return value
+
+
+#: An RFC 3339 time with a zone, as Alertmanager writes it (no epoch numbers).
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_text_only)]
+
+
+class WebhookAlert(_Wire):
+    """One alert of a webhook payload."""
+
+    status: AlertStatus
+    labels: Labels
+    annotations: Labels = Field(default_factory=dict)
+    starts_at: Timestamp
+    #: Zero time (0001-01-01) while firing: Alertmanager hides a future end.
+    ends_at: Timestamp | None = None
+    generator_url: str = Field("", alias="generatorURL")
+    fingerprint: str = Field(min_length=1, max_length=128)
+
+    @property
+    def alertname(self) -> str:
+        return self.labels.get("alertname", "")
+
+
+class WebhookPayload(_Wire):
+    """The body of an Alertmanager webhook notification, payload version 4."""
+
+    version: Literal["4"]
+    group_key: str
+    status: AlertStatus
+    receiver: str
+    group_labels: Labels = Field(default_factory=dict)
+    common_labels: Labels = Field(default_factory=dict)
+    common_annotations: Labels = Field(default_factory=dict)
+    external_url: str = Field("", alias="externalURL")
+    alerts: list[WebhookAlert]
+    #: Alerts left out by the receiver's ``max_alerts``.
+    truncated_alerts: int = Field(0, ge=0, strict=True)
+
+
+class PayloadError(ValueError):
+    """A webhook body that is not a valid version-4 payload; ``problems`` say where."""
+
+    def __init__(self, reason: str, problems: Sequence[str] = ()) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.problems = list(problems)
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(payload)"
+
+
+def parse_payload(body: bytes) -> WebhookPayload:
+    """Parse and validate a webhook body; :class:`PayloadError` names what is wrong."""
+    try:
+        data: Any = pydantic_core.from_json(body)
+    except ValueError as exc:
+        raise PayloadError(f"malformed JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise PayloadError(f"the payload must be a JSON object, got {type(data).__name__}")
+    version = data.get("version")
+    if "version" in data and version != PAYLOAD_VERSION:
+        shown = repr(version)[:40]
+        raise PayloadError(
+            f"unsupported payload version {shown}: this receiver reads Alertmanager's "
+            f"webhook payload version {PAYLOAD_VERSION!r}"
+        )
+    try:
+        return WebhookPayload.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            f"{_location(err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False)
+        ]
+        raise PayloadError(
+            f"invalid payload: {len(problems)} problem(s)", problems[:MAX_PROBLEMS]
+        ) from None
+
+
+# --------------------------------------------------------------------------- matching
+
+
+@dataclass(frozen=True)
+class PolicyTarget:
+    """What the receiver needs to know of one StopPolicy (a snapshot from the operator)."""
+
+    namespace: str
+    name: str
+    #: ``spec.audit.alerts.matchLabels``; empty selects nothing.
+    match_labels: Mapping[str, str] = field(default_factory=dict)
+    raise_budget_on_firing: bool = False
+    #: Whether the policy has an audit section (without one no audit can be triggered).
+    auditable: bool = True
+    #: ``status.alerts``: the dedupe records persisted by the operator.
+    alerts: tuple[AlertRecord, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    @classmethod
+    def from_spec(
+        cls,
+        namespace: str,
+        name: str,
+        spec: StopPolicySpec,
+        alerts: Iterable[AlertRecord] = (),
+    ) -> PolicyTarget:
+        audit = spec.audit
+        return cls(
+            namespace=namespace,
+            name=name,
+            match_labels=dict(audit.alerts.match_labels) if audit else {},
+            raise_budget_on_firing=bool(audit and audit.alerts.raise_budget_on_firing),
+            auditable=audit is not None,
+            alerts=tuple(alerts),
+        )
+
+
+def selects(labels: Mapping[str, str], target: PolicyTarget) -> bool:
+    """Whether an alert with ``labels`` is about the policy ``target``."""
+    if labels.get(LABEL_POLICY) == target.name and labels.get(LABEL_NAMESPACE) == target.namespace:
+        return True
+    return bool(target.match_labels) and all(
+        labels.get(k) == v for k, v in target.match_labels.items()
+    )
+
+
+def match_policies(
+    labels: Mapping[str, str], targets: Iterable[PolicyTarget]
+) -> list[PolicyTarget]:
+    """The policies an alert with ``labels`` selects."""
+    return [t for t in targets if selects(labels, t)]
+
+
+# --------------------------------------------------------------------------- dedupe
+
+
+@dataclass(frozen=True)
+class DedupeConfig:
+    """Expiry and size of the dedupe records kept per policy.
+
+    ``firing_ttl`` must exceed Alertmanager's ``repeat_interval`` (default 4h):
+    every repeat refreshes ``lastSeen``, and a record that expires while its
+    alert still fires triggers a new audit on the next repeat.
+    ``resolved_ttl`` keeps resolved records to absorb a late firing copy from
+    the other member of an HA pair.
+    """
+
+    firing_ttl: timedelta = timedelta(hours=48)
+    resolved_ttl: timedelta = timedelta(hours=6)
+    max_records: int = 32
+
+
+DEFAULT_DEDUPE = DedupeConfig()
+
+
+class Outcome(StrEnum):
+    """What became of one alert for one policy (label ``outcome`` of the alerts counter)."""
+
+    #: A firing alert not seen before: an audit is requested.
+    TRIGGERED = "triggered"
+    #: A firing alert not seen before, for a policy without an audit section.
+    NO_AUDIT = "no_audit"
+    #: Same fingerprint and startsAt as a record: a repeat or an HA twin; nothing triggered.
+    DUPLICATE = "duplicate"
+    #: Resolved: the record is marked resolved; nothing triggered.
+    RESOLVED = "resolved"
+    #: No policy selected by the alert's labels.
+    UNMATCHED = "unmatched"
+    #: The operator's callback failed; nothing was recorded, a repeat will try again.
+    ERROR = "error"
+
+
+def _as_utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _expired(record: AlertRecord, now: datetime, config: DedupeConfig) -> bool:
+    ttl = config.firing_ttl if record.status is AlertStatus.FIRING else config.resolved_ttl
+    return _as_utc(record.last_seen) + ttl <= now
+
+
+def expire(
+    records: Iterable[AlertRecord], now: datetime, config: DedupeConfig = DEFAULT_DEDUPE
+) -> tuple[AlertRecord, ...]:
+    """``records`` without the expired ones, at most ``max_records`` (oldest resolved go first)."""
+    now = _as_utc(now)
+    kept = [r for r in records if not _expired(r, now, config)]
+    if len(kept) > config.max_records:
+        kept.sort(key=lambda r: (r.status is AlertStatus.FIRING, _as_utc(r.last_seen)))
+        kept = kept[len(kept) - config.max_records :]
+    return tuple(sorted(kept, key=lambda r: (_as_utc(r.starts_at), r.fingerprint)))
+
+
+def firing(
+    records: Iterable[AlertRecord], now: datetime, config: DedupeConfig = DEFAULT_DEDUPE
+) -> bool:
+    """Whether an unexpired firing record is left: the ``AlertFiring`` condition."""
+    return any(r.status is AlertStatus.FIRING for r in expire(records, now, config))
+
+
+def observe(
+    records: Iterable[AlertRecord],
+    alert: WebhookAlert,
+    now: datetime,
+    config: DedupeConfig = DEFAULT_DEDUPE,
+) -> tuple[tuple[AlertRecord, ...], Outcome]:
+    """Fold one received alert into a policy's records: the new records and what happened.
+
+    The key is (fingerprint, startsAt).  A firing alert with a new key is
+    :attr:`Outcome.TRIGGERED`; a known key is :attr:`Outcome.DUPLICATE`
+    whatever its status (a late firing copy after the resolve stays resolved).
+    Resolved marks the record resolved (creating it if unknown, to absorb a
+    late firing copy).  One label set (fingerprint) cannot fire twice at once:
+    an alert resolves the older firing records of its fingerprint, and a firing
+    alert older than a record of its fingerprint is a late copy (duplicate).
+    """
+    now = _as_utc(now)
+    starts_at = _as_utc(alert.starts_at)
+    key = (alert.fingerprint, starts_at)
+    kept: list[AlertRecord] = []
+    known: AlertRecord | None = None
+    for record in expire(records, now, config):
+        if (record.fingerprint, _as_utc(record.starts_at)) == key:
+            known = record
+            continue
+        if (
+            record.fingerprint == alert.fingerprint
+            and record.status is AlertStatus.FIRING
+            and _as_utc(record.starts_at) < starts_at
+        ):
+            kept.append(record.model_copy(update={"status": AlertStatus.RESOLVED}))
+            continue
+        kept.append(record)
+
+    newer = any(
+        r.fingerprint == alert.fingerprint and _as_utc(r.starts_at) > starts_at for r in kept
+    )
+    if alert.status is AlertStatus.FIRING:
+        # Known, or older than an instance already seen (a late copy): nothing to trigger.
+        outcome = Outcome.DUPLICATE if known or newer else Outcome.TRIGGERED
+        status = known.status if known else (AlertStatus.RESOLVED if newer else AlertStatus.FIRING)
+    else:
+        outcome = (
+            Outcome.DUPLICATE
+            if known and known.status is AlertStatus.RESOLVED
+            else Outcome.RESOLVED
+        )
+        status = AlertStatus.RESOLVED
+    kept.append(
+        AlertRecord(
+            fingerprint=alert.fingerprint,
+            starts_at=starts_at,
+            status=status,
+            alertname=alert.alertname[:256],
+            last_seen=now,
+        )
+    )
+    return expire(kept, now, config), outcome
+
+
+@dataclass(frozen=True)
+class PolicyAlerts:
+    """What one payload means for one policy: what the operator's callback applies."""
+
+    namespace: str
+    name: str
+    #: The new ``status.alerts`` to write.
+    alerts: tuple[AlertRecord, ...]
+    #: Each alert of the payload selecting this policy, with its outcome.
+    outcomes: tuple[tuple[WebhookAlert, Outcome], ...]
+    #: Request an audit with trigger ``alert`` (a new firing alert and an audit section).
+    trigger_audit: bool
+    #: Raise the budget to the EM-target budget at once (``raiseBudgetOnFiring``).
+    raise_budget: bool
+    #: The ``AlertFiring`` condition: True while an unexpired firing record is left.
+    alert_firing: bool
+    #: One line for an Event or the log.
+    reason: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one payload means: per matched policy, and the alerts no policy selected."""
+
+    policies: tuple[PolicyAlerts, ...]
+    unmatched: tuple[WebhookAlert, ...]
+
+
+def _summary(outcomes: Sequence[tuple[WebhookAlert, Outcome]], trigger: bool) -> str:
+    def names(wanted: Outcome) -> list[str]:
+        return sorted({a.alertname or a.fingerprint for a, o in outcomes if o is wanted})
+
+    parts = []
+    if trigger:
+        parts.append(f"alert firing ({', '.join(names(Outcome.TRIGGERED))}): audit requested")
+    if no_audit := names(Outcome.NO_AUDIT):
+        parts.append(f"alert firing ({', '.join(no_audit)}) but the policy has no audit section")
+    if resolved := names(Outcome.RESOLVED):
+        parts.append(f"alert resolved ({', '.join(resolved)})")
+    if dups := [a for a, o in outcomes if o is Outcome.DUPLICATE]:
+        parts.append(f"{len(dups)} repeat(s) ignored")
+    return "; ".join(parts)
+
+
+def plan_payload(
+    payload: WebhookPayload,
+    targets: Iterable[PolicyTarget],
+    now: datetime,
+    *,
+    known: Mapping[tuple[str, str], Sequence[AlertRecord]] | None = None,
+    config: DedupeConfig = DEFAULT_DEDUPE,
+) -> Plan:
+    """Match every alert of ``payload`` and fold it into each selected policy's records.
+
+    ``known`` overrides ``target.alerts`` (the receiver's in-memory copy, newer
+    than the operator's snapshot of status).  Alerts are folded in payload order.
+    """
+    targets = list(targets)
+    known = known or {}
+    records: dict[tuple[str, str], tuple[AlertRecord, ...]] = {}
+    outcomes: dict[tuple[str, str], list[tuple[WebhookAlert, Outcome]]] = {}
+    by_key: dict[tuple[str, str], PolicyTarget] = {}
+    unmatched: list[WebhookAlert] = []
+    for alert in payload.alerts:
+        selected = match_policies(alert.labels, targets)
+        if not selected:
+            unmatched.append(alert)
+        for target in selected:
+            k = target.key
+            by_key[k] = target
+            current = records.get(k, tuple(known.get(k, target.alerts)))
+            records[k], outcome = observe(current, alert, now, config)
+            if outcome is Outcome.TRIGGERED and not target.auditable:
+                outcome = Outcome.NO_AUDIT
+            outcomes.setdefault(k, []).append((alert, outcome))
+    result = []
+    for k, target in by_key.items():
+        trigger = any(o is Outcome.TRIGGERED for _, o in outcomes[k])
+        result.append(
+            PolicyAlerts(
+                namespace=target.namespace,
+                name=target.name,
+                alerts=records[k],
+                outcomes=tuple(outcomes[k]),
+                trigger_audit=trigger,
+                raise_budget=trigger and target.raise_budget_on_firing,
+                alert_firing=firing(records[k], now, config),
+                reason=_summary(outcomes[k], trigger),
+            )
+        )
+    return Plan(tuple(result), tuple(unmatched))
+
+
+# --------------------------------------------------------------------------- the token
+
+
+class TokenFile:
+    """A bearer token in a file (a mounted Secret), re-read whenever the file changes.
+
+    The file is stat()ed on every request (following symlinks, as a Secret
+    volume swaps its ``..data`` link on rotation) and read again when its
+    inode, size, mtime or ctime differ.  Surrounding whitespace is ignored.
+    An unreadable or empty file yields None: every request is then refused.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._stamp: tuple[int, ...] | None = None
+        self._token: bytes | None = None
+        self._failing = False
+
+    def read(self) -> bytes | None:
+        try:
+            st = os.stat(self.path)
+            stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            if stamp != self._stamp:
+                self._token = self.path.read_bytes().strip() or None
+                self._stamp = stamp
+                if self._token is None:
+                    log.warning("webhook token file %s is empty", self.path)
+        except OSError as exc:
+            if not self._failing:  # once per outage, not once per request
+                log.warning("webhook token file %s is unreadable: %s", self.path, exc)
+            self._stamp, self._token, self._failing = None, None, True
+            return None
+        self._failing = False
+        return self._token
+
+
+# --------------------------------------------------------------------------- the HTTP part
+
+OnAlerts = Callable[[PolicyAlerts], Awaitable[None]]
+Targets = Callable[[], Iterable[PolicyTarget]]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _error(
+    status: int, reason: str, problems: Sequence[str] = (), headers: LooseHeaders | None = None
+) -> web.Response:
+    body: dict[str, Any] = {"error": reason}
+    if problems:
+        body["problems"] = list(problems)
+    return web.json_response(body, status=status, headers=headers)
+
+
+_KEPT_HEADERS = (hdrs.ALLOW, hdrs.WWW_AUTHENTICATE, hdrs.RETRY_AFTER)
+
+
+class AlertReceiver:
+    """The webhook endpoint and its background worker (one per operator process)."""
+
+    def __init__(
+        self,
+        *,
+        token_file: Path | str,
+        on_alerts: OnAlerts,
+        policies: Targets,
+        metrics: OperatorMetrics,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        queue_size: int = 256,
+        callback_timeout: float = 60.0,
+        dedupe: DedupeConfig = DEFAULT_DEDUPE,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self.token = TokenFile(token_file)
+        self.on_alerts = on_alerts
+        self.policies = policies
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self.callback_timeout = callback_timeout
+        self.dedupe = dedupe
+        self.clock = clock
+        self._queue: asyncio.Queue[WebhookPayload] = asyncio.Queue(maxsize=queue_size)
+        #: Records written by this process: newer than the operator's snapshot of status.
+        self._known: dict[tuple[str, str], tuple[AlertRecord, ...]] = {}
+
+    # -- the request
+
+    @web.middleware
+    async def middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Count every answer by code and turn aiohttp's own errors into JSON reasons."""
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            headers = {h: exc.headers[h] for h in _KEPT_HEADERS if h in exc.headers}
+            response = _error(exc.status, exc.text or exc.reason, headers=headers)
+        except Exception:
+            log.exception("webhook request failed")
+            response = _error(500, "internal error (logged by the operator)")
+        self.metrics.webhook_requests.labels(code=str(response.status)).inc()
+        return response
+
+    def _unauthorized(self, reason: str, *, invalid: bool) -> web.Response:
+        challenge = 'Bearer realm="stopbudget"' + (', error="invalid_token"' if invalid else "")
+        return _error(401, reason, headers={hdrs.WWW_AUTHENTICATE: challenge})
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """``POST /alertmanager``: check, parse, queue, answer 202."""
+        token = self.token.read()
+        if token is None:
+            return _error(503, "the webhook token is not available: check the mounted Secret")
+        header = request.headers.get(hdrs.AUTHORIZATION)
+        if header is None:
+            return self._unauthorized("missing bearer token", invalid=False)
+        scheme, _, credentials = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
+            return self._unauthorized("authorization must be 'Bearer <token>'", invalid=False)
+        given = credentials.strip().encode("utf-8", "surrogatepass")
+        if not hmac.compare_digest(given, token):
+            return self._unauthorized("invalid bearer token", invalid=True)
+
+        length = request.content_length
+        if length is not None and length > self.max_body_bytes:
+            return _error(413, f"body of {length} bytes exceeds {self.max_body_bytes} bytes")
+        body = await request.read()  # client_max_size enforces the limit on what is read
+        try:
+            payload = parse_payload(body)
+        except PayloadError as exc:
+            return _error(400, exc.reason, exc.problems)
+        if payload.truncated_alerts:
+            log.warning(
+                "Alertmanager left out %d alert(s) of group %s (max_alerts)",
+                payload.truncated_alerts,
+                payload.group_key,
+            )
+        try:
+            self._queue.put_nowait(payload)
+        except asyncio.QueueFull:
+            return _error(
+                503, "too many notifications queued: retry later", headers={hdrs.RETRY_AFTER: "5"}
+            )
+        return web.json_response({"status": "accepted", "alerts": len(payload.alerts)}, status=202)
+
+    # -- the background
+
+    async def join(self) -> None:
+        """Wait until every queued payload has been processed."""
+        await self._queue.join()
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop the in-memory records of a deleted policy."""
+        self._known.pop((namespace, name), None)
+
+    async def worker(self) -> None:
+        """Process queued payloads one at a time, forever; errors never stop it."""
+        while True:
+            payload = await self._queue.get()
+            try:
+                await self.process(payload)
+            except Exception:
+                log.exception("processing an Alertmanager notification failed")
+                for alert in payload.alerts:
+                    self.metrics.alerts_received.labels(
+                        status=alert.status.value, outcome=Outcome.ERROR.value
+                    ).inc()
+            finally:
+                self._queue.task_done()
+
+    async def process(self, payload: WebhookPayload) -> None:
+        """Match and dedupe ``payload``, then call back once per selected policy."""
+        plan = plan_payload(
+            payload, self.policies(), self.clock(), known=self._known, config=self.dedupe
+        )
+        count = self.metrics.alerts_received
+        for alert in plan.unmatched:
+            count.labels(status=alert.status.value, outcome=Outcome.UNMATCHED.value).inc()
+            log.info(
+                "alert %s (%s) selects no StopPolicy: labels %s",
+                alert.alertname,
+                alert.fingerprint,
+                dict(alert.labels),
+            )
+        for update in plan.policies:
+            try:
+                async with asyncio.timeout(self.callback_timeout):
+                    await self.on_alerts(update)
+            except Exception:
+                log.exception(
+                    "applying alerts to StopPolicy %s/%s failed", update.namespace, update.name
+                )
+                for alert, _ in update.outcomes:
+                    count.labels(status=alert.status.value, outcome=Outcome.ERROR.value).inc()
+                continue
+            self._known[update.key] = update.alerts
+            for alert, outcome in update.outcomes:
+                count.labels(status=alert.status.value, outcome=outcome.value).inc()
+
+    async def lifespan(self, app: web.Application) -> AsyncIterator[None]:
+        """aiohttp cleanup context: the worker runs while the application does."""
+        task = asyncio.create_task(self.worker(), name="stopbudget-alert-worker")
+        yield
+        if left := self._queue.qsize():
+            log.warning("stopping with %d Alertmanager notification(s) unprocessed", left)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+#: The receiver behind an application made by :func:`create_app`.
+RECEIVER = web.AppKey("stopbudget_alert_receiver", AlertReceiver)
+
+
+def create_app(
+    *,
+    token_file: Path | str,
+    on_alerts: OnAlerts,
+    policies: Targets,
+    metrics: OperatorMetrics,
+    path: str = DEFAULT_PATH,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    queue_size: int = 256,
+    callback_timeout: float = 60.0,
+    dedupe: DedupeConfig = DEFAULT_DEDUPE,
+    clock: Callable[[], datetime] = _utcnow,
+) -> web.Application:
+    """The webhook application: ``POST {path}``; ``app[RECEIVER]`` is its :class:`AlertReceiver`.
+
+    ``on_alerts`` is awaited in the background once per payload and selected
+    policy; ``policies`` returns the operator's current snapshot of policies.
+    """
+    receiver = AlertReceiver(
+        token_file=token_file,
+        on_alerts=on_alerts,
+        policies=policies,
+        metrics=metrics,
+        max_body_bytes=max_body_bytes,
+        queue_size=queue_size,
+        callback_timeout=callback_timeout,
+        dedupe=dedupe,
+        clock=clock,
+    )
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[receiver.middleware])
+    app[RECEIVER] = receiver
+    app.router.add_post(path, receiver.handle)
+    app.cleanup_ctx.append(receiver.lifespan)
+    return app

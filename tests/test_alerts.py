@@ -1,0 +1,1004 @@
+"""audits/alerts.py: the Alertmanager webhook — parsing, matching, dedupe, HTTP, fuzz, and
+the real Alertmanager posting to it with a bearer token from a file."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stopbudget.api import StopPolicySpec
+from stopbudget.audits.alerts import (
+    DEFAULT_PATH,
+    RECEIVER,
+    AlertReceiver,
+    AlertRecord,
+    AlertStatus,
+    DedupeConfig,
+    Outcome,
+    PayloadError,
+    PolicyAlerts,
+    PolicyTarget,
+    WebhookAlert,
+    create_app,
+    expire,
+    firing,
+    match_policies,
+    observe,
+    parse_payload,
+    plan_payload,
+    selects,
+)
+from stopbudget.metrics import OperatorMetrics
+
+TOKEN = "s3cret-webhook-token"
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+LLAMA = PolicyTarget("serving", "llama", raise_budget_on_firing=True)
+MISTRAL = PolicyTarget("serving", "mistral", match_labels={"model": "mistral", "team": "ml"})
+NO_AUDIT = PolicyTarget("serving", "bare", auditable=False)
+TARGETS = (LLAMA, MISTRAL, NO_AUDIT)
+
+
+def alert_doc(
+    fingerprint: str = "1a30ba71cca2921f",
+    *,
+    status: str = "firing",
+    starts_at: str = "2024-05-01T11:58:45.739266876+02:00",
+    labels: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    return {
+        "status": status,
+        "labels": labels
+        if labels is not None
+        else {"alertname": "StopBudgetEMLow", "stoppolicy": "llama", "namespace": "serving"},
+        "annotations": {"summary": "live EM below the floor"},
+        "startsAt": starts_at,
+        "endsAt": "0001-01-01T00:00:00Z" if status == "firing" else "2024-05-01T12:30:00Z",
+        "generatorURL": "http://prometheus:9090/graph?g0.expr=x",
+        "fingerprint": fingerprint,
+    }
+
+
+def payload_doc(*alerts: dict[str, Any], status: str = "firing") -> dict[str, Any]:
+    alerts = alerts or (alert_doc(),)
+    return {
+        "receiver": "stopbudget",
+        "status": status,
+        "alerts": list(alerts),
+        "groupLabels": {"alertname": "StopBudgetEMLow"},
+        "commonLabels": {"alertname": "StopBudgetEMLow"},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager:9093",
+        "version": "4",
+        "groupKey": '{}:{alertname="StopBudgetEMLow"}',
+        "truncatedAlerts": 0,
+    }
+
+
+def encode(doc: Any) -> bytes:
+    return json.dumps(doc).encode()
+
+
+def wire_alert(fingerprint: str = "1a30ba71cca2921f", **kw: Any) -> WebhookAlert:
+    return WebhookAlert.model_validate(alert_doc(fingerprint, **kw))
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def test_a_real_payload_parses() -> None:
+    p = parse_payload(encode(payload_doc()))
+    assert p.version == "4"
+    assert p.receiver == "stopbudget"
+    assert p.external_url == "http://alertmanager:9093"
+    (a,) = p.alerts
+    assert a.status is AlertStatus.FIRING
+    assert a.alertname == "StopBudgetEMLow"
+    # Nanoseconds are cut to microseconds; the zone is kept.
+    assert a.starts_at == datetime(2024, 5, 1, 9, 58, 45, 739266, tzinfo=UTC)
+    assert a.ends_at is not None
+    assert a.ends_at.year == 1
+    assert a.generator_url.startswith("http://prometheus")
+
+
+def test_optional_fields_and_unknown_fields() -> None:
+    doc = payload_doc()
+    for key in (
+        "groupLabels",
+        "commonLabels",
+        "commonAnnotations",
+        "externalURL",
+        "truncatedAlerts",
+    ):
+        del doc[key]
+    for key in ("annotations", "endsAt", "generatorURL"):
+        del doc["alerts"][0][key]
+    doc["orgId"] = 1  # Grafana adds fields; newer Alertmanagers may too
+    doc["alerts"][0]["silenceURL"] = "http://x"
+    p = parse_payload(encode(doc))
+    assert p.truncated_alerts == 0
+    assert p.alerts[0].annotations == {}
+
+
+def _without(path: Sequence[str | int]) -> dict[str, Any]:
+    doc = payload_doc()
+    node: Any = doc
+    for part in path[:-1]:
+        node = node[part]
+    del node[path[-1]]
+    return doc
+
+
+def _with(path: Sequence[str | int], value: Any) -> dict[str, Any]:
+    doc = payload_doc()
+    node: Any = doc
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+    return doc
+
+
+BAD_BODIES: list[tuple[str, bytes, str]] = [
+    ("empty body", b"", "malformed JSON"),
+    ("truncated JSON", b'{"version": "4", "alerts": [', "malformed JSON"),
+    ("not UTF-8", b'{"version": "\xff\xfe"}', "malformed JSON"),
+    ("deep nesting", b"[" * 100_000 + b"]" * 100_000, "malformed JSON"),
+    ("a list", b"[]", "must be a JSON object, got list"),
+    ("a string", b'"hello"', "must be a JSON object, got str"),
+    ("null", b"null", "must be a JSON object, got NoneType"),
+    ("version 3", encode(_with(["version"], "3")), "unsupported payload version '3'"),
+    ("version as number", encode(_with(["version"], 4)), "unsupported payload version 4"),
+    ("version null", encode(_with(["version"], None)), "unsupported payload version None"),
+]
+MISSING: list[list[str | int]] = [
+    ["version"],
+    ["groupKey"],
+    ["status"],
+    ["receiver"],
+    ["alerts"],
+    ["alerts", 0, "status"],
+    ["alerts", 0, "labels"],
+    ["alerts", 0, "startsAt"],
+    ["alerts", 0, "fingerprint"],
+]
+MISTYPED: list[tuple[list[str | int], Any]] = [
+    (["alerts"], {"a": 1}),
+    (["alerts"], None),
+    (["alerts", 0], "an alert"),
+    (["status"], "pending"),
+    (["alerts", 0, "status"], "active"),
+    (["alerts", 0, "labels"], ["a", "b"]),
+    (["alerts", 0, "labels"], {"severity": 3}),
+    (["alerts", 0, "annotations"], {"x": None}),
+    (["alerts", 0, "startsAt"], "yesterday"),
+    (["alerts", 0, "startsAt"], "2024-05-01T12:00:00"),  # no zone
+    (["alerts", 0, "startsAt"], 1714564800),
+    (["alerts", 0, "fingerprint"], ""),
+    (["alerts", 0, "fingerprint"], 12345),
+    (["receiver"], 7),
+    (["groupKey"], None),
+    (["truncatedAlerts"], "3"),
+    (["truncatedAlerts"], -1),
+    (["truncatedAlerts"], 1.5),
+    (["commonLabels"], "x"),
+]
+BAD_BODIES += [(f"missing {p}", encode(_without(p)), "invalid payload") for p in MISSING]
+BAD_BODIES += [(f"{p} = {v!r}", encode(_with(p, v)), "invalid payload") for p, v in MISTYPED]
+
+
+BAD_PARAMS = [pytest.param(body, reason, id=name) for name, body, reason in BAD_BODIES]
+
+
+@pytest.mark.parametrize(("body", "reason"), BAD_PARAMS)
+def test_bad_payloads_are_refused_with_a_reason(body: bytes, reason: str) -> None:
+    with pytest.raises(PayloadError) as caught:
+        parse_payload(body)
+    assert reason in caught.value.reason
+    if reason == "invalid payload":
+        assert caught.value.problems
+        assert all(":" in p for p in caught.value.problems)
+
+
+def test_problems_name_the_field() -> None:
+    with pytest.raises(PayloadError) as caught:
+        parse_payload(encode(_without(["alerts", 0, "fingerprint"])))
+    assert caught.value.problems == ["alerts[0].fingerprint: Field required"]
+
+
+# --------------------------------------------------------------------------- matching
+
+MATCH_CASES = [
+    ("name and namespace", {"stoppolicy": "llama", "namespace": "serving"}, ["llama"]),
+    ("name in another namespace", {"stoppolicy": "llama", "namespace": "other"}, []),
+    ("name without namespace", {"stoppolicy": "llama"}, []),
+    ("namespace without name", {"namespace": "serving"}, []),
+    ("matchLabels all equal", {"model": "mistral", "team": "ml", "x": "y"}, ["mistral"]),
+    ("matchLabels partly equal", {"model": "mistral", "team": "ops"}, []),
+    ("matchLabels partly present", {"model": "mistral"}, []),
+    (
+        "both ways at once",
+        {"stoppolicy": "llama", "namespace": "serving", "model": "mistral", "team": "ml"},
+        ["llama", "mistral"],
+    ),
+    ("case matters", {"stoppolicy": "Llama", "namespace": "serving"}, []),
+    ("no labels", {}, []),
+]
+
+
+@pytest.mark.parametrize(
+    ("labels", "names"), [pytest.param(lab, n, id=i) for i, lab, n in MATCH_CASES]
+)
+def test_matching(labels: dict[str, str], names: list[str]) -> None:
+    assert [t.name for t in match_policies(labels, TARGETS)] == names
+
+
+def test_empty_match_labels_match_nothing() -> None:
+    assert not selects({}, PolicyTarget("ns", "p"))
+    assert not selects({"anything": "x"}, PolicyTarget("ns", "p", match_labels={}))
+
+
+def test_target_from_spec(policy: dict[str, Any]) -> None:
+    bare = StopPolicySpec.model_validate(policy["spec"])
+    t = PolicyTarget.from_spec("serving", "p", bare)
+    assert (t.auditable, t.raise_budget_on_firing, dict(t.match_labels)) == (False, False, {})
+    policy["spec"]["audit"] = {
+        "endpoint": "http://vllm:8000",
+        "model": "m",
+        "dataset": {"configMapRef": {"name": "g"}},
+        "budgets": [128],
+        "alerts": {"matchLabels": {"team": "ml"}, "raiseBudgetOnFiring": True},
+    }
+    spec = StopPolicySpec.model_validate(policy["spec"])
+    record = AlertRecord(fingerprint="f", starts_at=T0, status=AlertStatus.FIRING, last_seen=T0)
+    t = PolicyTarget.from_spec("serving", "p", spec, [record])
+    assert (t.auditable, t.raise_budget_on_firing, dict(t.match_labels)) == (
+        True,
+        True,
+        {"team": "ml"},
+    )
+    assert t.alerts == (record,)
+
+
+# --------------------------------------------------------------------------- dedupe
+
+
+def test_same_fingerprint_and_starts_at_triggers_once() -> None:
+    records, first = observe((), wire_alert(), T0)
+    records, again = observe(records, wire_alert(), T0 + timedelta(minutes=5))
+    assert (first, again) == (Outcome.TRIGGERED, Outcome.DUPLICATE)
+    (record,) = records
+    assert record.last_seen == T0 + timedelta(minutes=5)
+    assert record.alertname == "StopBudgetEMLow"
+    assert firing(records, T0)
+
+
+def test_a_new_starts_at_triggers_again_and_resolves_the_old_one() -> None:
+    records, _ = observe((), wire_alert(), T0)
+    later = "2024-05-01T13:00:00Z"
+    records, outcome = observe(records, wire_alert(starts_at=later), T0 + timedelta(hours=2))
+    assert outcome is Outcome.TRIGGERED
+    assert [r.status for r in records] == [AlertStatus.RESOLVED, AlertStatus.FIRING]
+
+
+def test_resolved_triggers_nothing_and_clears() -> None:
+    records, _ = observe((), wire_alert(), T0)
+    records, outcome = observe(records, wire_alert(status="resolved"), T0 + timedelta(minutes=1))
+    assert outcome is Outcome.RESOLVED
+    assert not firing(records, T0)
+    # The other Alertmanager of an HA pair sends its late firing copy: still nothing.
+    records, late = observe(records, wire_alert(), T0 + timedelta(minutes=2))
+    assert late is Outcome.DUPLICATE
+    assert not firing(records, T0)
+    records, again = observe(records, wire_alert(status="resolved"), T0 + timedelta(minutes=3))
+    assert again is Outcome.DUPLICATE
+
+
+def test_resolved_before_firing_absorbs_the_firing_copy() -> None:
+    records, outcome = observe((), wire_alert(status="resolved"), T0)
+    assert outcome is Outcome.RESOLVED
+    records, late = observe(records, wire_alert(), T0)
+    assert late is Outcome.DUPLICATE
+
+
+def test_records_expire() -> None:
+    cfg = DedupeConfig(firing_ttl=timedelta(hours=48), resolved_ttl=timedelta(hours=6))
+    records, _ = observe((), wire_alert(), T0, cfg)
+    assert expire(records, T0 + timedelta(hours=47), cfg) == records
+    assert expire(records, T0 + timedelta(hours=48), cfg) == ()
+    # A repeat after the firing record expired triggers again (firing_ttl > repeat_interval).
+    _, outcome = observe(records, wire_alert(), T0 + timedelta(hours=49), cfg)
+    assert outcome is Outcome.TRIGGERED
+    resolved, _ = observe(records, wire_alert(status="resolved"), T0, cfg)
+    assert expire(resolved, T0 + timedelta(hours=5), cfg) == resolved
+    assert expire(resolved, T0 + timedelta(hours=6), cfg) == ()
+
+
+def test_records_are_bounded_resolved_first() -> None:
+    cfg = DedupeConfig(max_records=8)
+    records: tuple[AlertRecord, ...] = ()
+    for i in range(6):
+        records, _ = observe(records, wire_alert(f"firing{i}"), T0 + timedelta(seconds=i), cfg)
+    for i in range(6):
+        status = "resolved"
+        records, _ = observe(
+            records, wire_alert(f"resolved{i}", status=status), T0 + timedelta(minutes=i), cfg
+        )
+    assert len(records) == 8
+    assert sum(r.status is AlertStatus.FIRING for r in records) == 6
+    assert {r.fingerprint for r in records} >= {"resolved4", "resolved5"}
+    for i in range(20):
+        records, _ = observe(
+            records, wire_alert(f"more{i}"), T0 + timedelta(hours=1, seconds=i), cfg
+        )
+    assert len(records) == 8
+    assert {r.fingerprint for r in records} == {f"more{i}" for i in range(12, 20)}
+
+
+def test_records_survive_a_restart_through_status_json() -> None:
+    records, _ = observe((), wire_alert(), T0)
+    status = json.loads(json.dumps([r.model_dump(mode="json", by_alias=True) for r in records]))
+    assert set(status[0]) == {"fingerprint", "startsAt", "status", "alertname", "lastSeen"}
+    restored = [AlertRecord.model_validate(r) for r in status]
+    target = PolicyTarget("serving", "llama", alerts=tuple(restored))
+    plan = plan_payload(parse_payload(encode(payload_doc())), [target], T0 + timedelta(hours=4))
+    (update,) = plan.policies
+    assert not update.trigger_audit
+    assert update.outcomes[0][1] is Outcome.DUPLICATE
+    assert update.alert_firing
+
+
+def test_plan_twins_in_one_payload_trigger_once() -> None:
+    p = parse_payload(encode(payload_doc(alert_doc(), alert_doc())))
+    (update,) = plan_payload(p, TARGETS, T0).policies
+    assert [o for _, o in update.outcomes] == [Outcome.TRIGGERED, Outcome.DUPLICATE]
+    assert update.trigger_audit
+    assert update.raise_budget
+    assert update.alert_firing
+    assert update.key == ("serving", "llama")
+    assert update.reason == "alert firing (StopBudgetEMLow): audit requested; 1 repeat(s) ignored"
+
+
+def test_plan_per_policy_and_unmatched() -> None:
+    mistral = {"alertname": "Slow", "model": "mistral", "team": "ml"}
+    bare = {"alertname": "Bare", "stoppolicy": "bare", "namespace": "serving"}
+    p = parse_payload(
+        encode(
+            payload_doc(
+                alert_doc("a"),
+                alert_doc("b", labels=mistral),
+                alert_doc("c", labels=bare),
+                alert_doc("d", labels={"alertname": "Other"}),
+                alert_doc("e", status="resolved"),
+            )
+        )
+    )
+    plan = plan_payload(p, TARGETS, T0)
+    by_name = {u.name: u for u in plan.policies}
+    assert [a.fingerprint for a in plan.unmatched] == ["d"]
+    assert by_name["llama"].trigger_audit
+    assert [o for _, o in by_name["llama"].outcomes] == [Outcome.TRIGGERED, Outcome.RESOLVED]
+    assert by_name["mistral"].trigger_audit
+    assert not by_name["mistral"].raise_budget  # raiseBudgetOnFiring is off for mistral
+    assert not by_name["bare"].trigger_audit  # no audit section
+    assert by_name["bare"].outcomes[0][1] is Outcome.NO_AUDIT
+    assert by_name["bare"].alert_firing
+    assert "no audit section" in by_name["bare"].reason
+
+
+def test_plan_known_records_override_the_snapshot() -> None:
+    p = parse_payload(encode(payload_doc()))
+    first = plan_payload(p, [LLAMA], T0).policies[0]
+    again = plan_payload(p, [LLAMA], T0, known={LLAMA.key: first.alerts}).policies[0]
+    assert (first.trigger_audit, again.trigger_audit) == (True, False)
+
+
+alert_events = st.lists(
+    st.tuples(
+        st.sampled_from(["f1", "f2", "f3"]),
+        st.sampled_from(
+            ["2024-05-01T10:00:00Z", "2024-05-01T11:00:00Z", "2024-05-01T10:00:00+02:00"]
+        ),
+        st.sampled_from(["firing", "resolved"]),
+        st.integers(0, 500),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=alert_events)
+def test_dedupe_triggers_each_instance_once(events: list[tuple[str, str, str, int]]) -> None:
+    """Without expiry or eviction, each (fingerprint, startsAt) triggers exactly once if it
+    is first seen firing and no later instance of its fingerprint was seen before; never
+    on resolved; the AlertFiring condition is the latest instance of a fingerprint firing."""
+    records: tuple[AlertRecord, ...] = ()
+    now = T0
+    seen: dict[tuple[str, datetime], str] = {}
+    expected: list[tuple[str, datetime]] = []
+    triggered: list[tuple[str, datetime]] = []
+    for fingerprint, starts, status, gap in events:
+        now += timedelta(seconds=gap)  # at most 40 x 500 s < resolved_ttl: nothing expires
+        alert = wire_alert(fingerprint=fingerprint, starts_at=starts, status=status)
+        key = (fingerprint, alert.starts_at.astimezone(UTC))
+        late = any(f == fingerprint and t > key[1] for f, t in seen)
+        if key not in seen and status == "firing" and not late:
+            expected.append(key)
+        seen.setdefault(key, status)
+        records, outcome = observe(records, alert, now)
+        if outcome is Outcome.TRIGGERED:
+            triggered.append(key)
+        if status == "resolved":
+            assert outcome is not Outcome.TRIGGERED
+            assert all(r.status is AlertStatus.RESOLVED for r in records if r.key == key)
+        assert len(records) == len(seen)
+        latest = {f: max(t for g, t in seen if g == f) for f, _ in seen}
+        firing_keys = {r.key for r in records if r.status is AlertStatus.FIRING}
+        assert firing_keys <= set(latest.items())
+        assert firing(records, now) == bool(firing_keys)
+    assert triggered == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    events=st.lists(
+        st.tuples(
+            st.integers(0, 20).map(lambda i: f"fp{i}"),
+            st.integers(0, 5).map(lambda h: f"2024-05-01T0{h}:00:00Z"),
+            st.sampled_from(["firing", "resolved"]),
+            st.integers(0, 20 * 3600),
+        ),
+        max_size=60,
+    ),
+    max_records=st.integers(1, 8),
+)
+def test_dedupe_state_is_bounded_and_deterministic(
+    events: list[tuple[str, str, str, int]], max_records: int
+) -> None:
+    cfg = DedupeConfig(max_records=max_records)
+    records: tuple[AlertRecord, ...] = ()
+    now = T0
+    for fingerprint, starts, status, gap in events:
+        now += timedelta(seconds=gap)
+        alert = wire_alert(fingerprint=fingerprint, starts_at=starts, status=status)
+        result = observe(records, alert, now, cfg)
+        assert observe(records, alert, now, cfg) == result
+        records, outcome = result
+        assert len(records) <= max_records
+        assert len({r.key for r in records}) == len(records)
+        assert all(r.last_seen <= now for r in records)
+        assert expire(records, now, cfg) == records
+        if status == "resolved":
+            assert outcome is not Outcome.TRIGGERED
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+class Recorder:
+    """The operator's callback: records each update; can block on a gate or fail."""
+
+    def __init__(self, *, gate: asyncio.Event | None = None, failures: int = 0) -> None:
+        self.updates: list[PolicyAlerts] = []
+        self.calls = 0
+        self.gate = gate
+        self.failures = failures
+        self._changed = asyncio.Condition()
+
+    async def __call__(self, update: PolicyAlerts) -> None:
+        self.calls += 1
+        async with self._changed:
+            self._changed.notify_all()
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("the Kubernetes API is down")
+        self.updates.append(update)
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_for(self, predicate: Callable[[], bool], within: float = 10.0) -> None:
+        async with asyncio.timeout(within), self._changed:
+            await self._changed.wait_for(predicate)
+
+    @property
+    def triggers(self) -> int:
+        return sum(u.trigger_audit for u in self.updates)
+
+
+@dataclass
+class Hook:
+    client: TestClient[web.Request, web.Application]
+    recorder: Recorder
+    metrics: OperatorMetrics
+    receiver: AlertReceiver
+    token_file: Path
+
+    async def post(
+        self, body: Any, *, token: str | None = TOKEN, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any, Any]:
+        data = body if isinstance(body, bytes) else encode(body)
+        all_headers = {"Content-Type": "application/json", **(headers or {})}
+        if token is not None:
+            all_headers["Authorization"] = f"Bearer {token}"
+        async with self.client.post(DEFAULT_PATH, data=data, headers=all_headers) as resp:
+            return resp.status, await resp.json(content_type=None), resp.headers
+
+    def requests(self, code: int) -> float:
+        value = self.metrics.registry.get_sample_value(
+            "stopbudget_webhook_requests_total", {"code": str(code)}
+        )
+        return value or 0.0
+
+    def alerts(self, status: str, outcome: str) -> float:
+        value = self.metrics.registry.get_sample_value(
+            "stopbudget_alertmanager_alerts_total", {"status": status, "outcome": outcome}
+        )
+        return value or 0.0
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    tmp_path: Path,
+    *,
+    recorder: Recorder | None = None,
+    targets: Sequence[PolicyTarget] = TARGETS,
+    **options: Any,
+) -> AsyncIterator[Hook]:
+    token_file = tmp_path / "token"
+    if not token_file.exists():
+        token_file.write_text(TOKEN + "\n")
+    metrics = OperatorMetrics()
+    recorder = recorder or Recorder()
+    app = create_app(
+        token_file=token_file,
+        on_alerts=recorder,
+        policies=lambda: targets,
+        metrics=metrics,
+        **options,
+    )
+    server = TestServer(app, host="127.0.0.1")
+    async with server, TestClient(server) as client:
+        yield Hook(client, recorder, metrics, app[RECEIVER], token_file)
+
+
+async def test_valid_payload_is_accepted_and_processed(tmp_path: Path) -> None:
+    async with serve(tmp_path) as hook:
+        status, body, _ = await hook.post(payload_doc())
+        assert (status, body) == (202, {"status": "accepted", "alerts": 1})
+        await hook.recorder.wait_for(lambda: len(hook.recorder.updates) == 1)
+        (update,) = hook.recorder.updates
+        assert (update.namespace, update.name) == ("serving", "llama")
+        assert update.trigger_audit
+        assert update.raise_budget
+        assert hook.requests(202) == 1
+        assert hook.alerts("firing", "triggered") == 1
+
+
+async def test_no_token(tmp_path: Path) -> None:
+    async with serve(tmp_path) as hook:
+        status, body, headers = await hook.post(payload_doc(), token=None)
+        assert status == 401
+        assert body == {"error": "missing bearer token"}
+        assert headers["WWW-Authenticate"].startswith("Bearer ")
+        assert hook.requests(401) == 1
+        assert hook.recorder.calls == 0
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}", "Bearer ", f"Basic {TOKEN}", TOKEN, "Bearer ü"],
+)
+async def test_wrong_token(tmp_path: Path, authorization: str) -> None:
+    async with serve(tmp_path) as hook:
+        status, body, headers = await hook.post(
+            payload_doc(), token=None, headers={"Authorization": authorization}
+        )
+        assert status == 401, body
+        assert headers["WWW-Authenticate"].startswith("Bearer ")
+        assert hook.recorder.calls == 0
+
+
+async def test_token_scheme_is_case_insensitive(tmp_path: Path) -> None:
+    async with serve(tmp_path) as hook:
+        status, _, _ = await hook.post(
+            payload_doc(), token=None, headers={"Authorization": f"bearer {TOKEN}"}
+        )
+        assert status == 202
+
+
+async def test_token_file_rotation(tmp_path: Path) -> None:
+    async with serve(tmp_path) as hook:
+        assert (await hook.post(payload_doc()))[0] == 202
+        # As a Secret volume does: a new file swapped in by a rename.
+        staged = tmp_path / "token.new"
+        staged.write_text("rotated-token-1\n")
+        os.replace(staged, hook.token_file)
+        assert (await hook.post(payload_doc()))[0] == 401
+        assert (await hook.post(payload_doc(), token="rotated-token-1"))[0] == 202
+        # Rewritten in place, with another length.
+        hook.token_file.write_text("rotated-token-two")
+        assert (await hook.post(payload_doc(), token="rotated-token-1"))[0] == 401
+        assert (await hook.post(payload_doc(), token="rotated-token-two"))[0] == 202
+
+
+async def test_missing_or_empty_token_file_refuses_everything(tmp_path: Path) -> None:
+    async with serve(tmp_path) as hook:
+        hook.token_file.unlink()
+        status, body, _ = await hook.post(payload_doc())
+        assert status == 503
+        assert "token" in body["error"]
+        hook.token_file.write_text("  \n")
+        assert (await hook.post(payload_doc()))[0] == 503
+        hook.token_file.write_text(TOKEN)
+        assert (await hook.post(payload_doc()))[0] == 202
+
+
+async def test_body_too_large_by_content_length(tmp_path: Path) -> None:
+    async with serve(tmp_path, max_body_bytes=1000) as hook:
+        doc = payload_doc()
+        doc["commonAnnotations"] = {"pad": "x" * 2000}
+        status, body, _ = await hook.post(doc)
+        assert status == 413
+        assert "exceeds 1000 bytes" in body["error"]
+        assert hook.requests(413) == 1
+
+
+async def test_body_too_large_when_read(tmp_path: Path) -> None:
+    """A chunked body has no Content-Length: the limit applies to the bytes read."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            yield b" " * 500
+
+    async with serve(tmp_path, max_body_bytes=1000) as hook:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        async with hook.client.post(DEFAULT_PATH, data=chunks(), headers=headers) as resp:
+            assert resp.status == 413
+            body = await resp.json()
+        assert "Maximum request body size 1000 exceeded" in body["error"]
+
+
+@pytest.mark.parametrize(("body", "reason"), BAD_PARAMS)
+async def test_bad_bodies_get_400_with_the_reason(tmp_path: Path, body: bytes, reason: str) -> None:
+    async with serve(tmp_path, max_body_bytes=1 << 20) as hook:
+        status, answer, _ = await hook.post(body)
+        assert status == 400
+        assert reason in answer["error"]
+        assert hook.recorder.calls == 0
+
+
+async def test_missing_and_mistyped_fields_are_listed(tmp_path: Path) -> None:
+    doc = payload_doc()
+    del doc["alerts"][0]["fingerprint"]
+    doc["alerts"][0]["labels"] = {"severity": 3}
+    doc["status"] = "pending"
+    async with serve(tmp_path) as hook:
+        status, answer, _ = await hook.post(doc)
+    assert status == 400
+    assert answer["error"] == "invalid payload: 3 problem(s)"
+    assert sorted(p.split(":")[0] for p in answer["problems"]) == [
+        "alerts[0].fingerprint",
+        "alerts[0].labels.severity",
+        "status",
+    ]
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
+async def test_other_methods_get_405(tmp_path: Path, method: str) -> None:
+    async with serve(tmp_path) as hook:
+        async with hook.client.request(method, DEFAULT_PATH) as resp:
+            assert resp.status == 405
+            assert "POST" in resp.headers["Allow"]
+            assert "error" in await resp.json()
+        assert hook.requests(405) == 1
+
+
+async def test_answers_at_once_while_the_callback_blocks(tmp_path: Path) -> None:
+    gate = asyncio.Event()
+    recorder = Recorder(gate=gate)
+    async with serve(tmp_path, recorder=recorder) as hook:
+        for i in range(3):
+            doc = payload_doc(alert_doc(f"fp{i}"))
+            assert (await hook.post(doc))[0] == 202
+        await recorder.wait_for(lambda: recorder.calls == 1)
+        assert recorder.updates == []  # the first callback is still blocked
+        gate.set()
+        await asyncio.wait_for(hook.receiver.join(), timeout=10)
+        assert recorder.triggers == 3
+
+
+async def test_full_queue_answers_503_and_alertmanager_retries(tmp_path: Path) -> None:
+    gate = asyncio.Event()
+    recorder = Recorder(gate=gate)
+    async with serve(tmp_path, recorder=recorder, queue_size=1) as hook:
+        assert (await hook.post(payload_doc(alert_doc("a"))))[0] == 202
+        await recorder.wait_for(lambda: recorder.calls == 1)  # the worker holds "a"
+        assert (await hook.post(payload_doc(alert_doc("b"))))[0] == 202  # queued
+        status, body, headers = await hook.post(payload_doc(alert_doc("c")))
+        assert status == 503
+        assert headers["Retry-After"] == "5"
+        assert "retry later" in body["error"]
+        gate.set()
+        await asyncio.wait_for(hook.receiver.join(), timeout=10)
+        assert (await hook.post(payload_doc(alert_doc("c"))))[0] == 202
+        await asyncio.wait_for(hook.receiver.join(), timeout=10)
+        assert recorder.triggers == 3
+
+
+async def test_callback_errors_are_logged_counted_and_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = Recorder(failures=1)
+    async with serve(tmp_path, recorder=recorder) as hook:
+        assert (await hook.post(payload_doc()))[0] == 202
+        await asyncio.wait_for(hook.receiver.join(), timeout=10)
+        assert hook.alerts("firing", "error") == 1
+        assert "applying alerts to StopPolicy serving/llama failed" in caplog.text
+        assert recorder.updates == []
+        # Nothing was recorded, so Alertmanager's repeat triggers the audit after all.
+        assert (await hook.post(payload_doc()))[0] == 202
+        await asyncio.wait_for(hook.receiver.join(), timeout=10)
+        assert recorder.triggers == 1
+        assert hook.alerts("firing", "triggered") == 1
+
+
+async def test_a_failing_policy_list_never_stops_the_worker(tmp_path: Path) -> None:
+    calls = 0
+
+    def policies() -> Sequence[PolicyTarget]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("index not ready")
+        return TARGETS
+
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    recorder, metrics = Recorder(), OperatorMetrics()
+    app = create_app(token_file=token_file, on_alerts=recorder, policies=policies, metrics=metrics)
+    server = TestServer(app, host="127.0.0.1")
+    async with server, TestClient(server) as client:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        for _ in range(2):
+            async with client.post(DEFAULT_PATH, data=encode(payload_doc()), headers=auth) as r:
+                assert r.status == 202
+        await asyncio.wait_for(app[RECEIVER].join(), timeout=10)
+        assert recorder.triggers == 1
+        assert (
+            metrics.registry.get_sample_value(
+                "stopbudget_alertmanager_alerts_total", {"status": "firing", "outcome": "error"}
+            )
+            == 1
+        )
+
+
+async def test_dedupe_over_http(tmp_path: Path) -> None:
+    async with serve(tmp_path) as hook:
+        r = hook.recorder
+        for _ in range(2):  # a repeat, or the twin from the other Alertmanager
+            assert (await hook.post(payload_doc()))[0] == 202
+        await asyncio.wait_for(hook.receiver.join(), timeout=10)
+        assert [u.trigger_audit for u in r.updates] == [True, False]
+        assert hook.alerts("firing", "duplicate") == 1
+        # The same alert firing again later has a new startsAt: a new audit.
+        later = alert_doc(starts_at="2024-05-01T14:00:00Z")
+        assert (await hook.post(payload_doc(later)))[0] == 202
+        # Resolved: no trigger, the condition clears.
+        resolved = alert_doc(starts_at="2024-05-01T14:00:00Z", status="resolved")
+        assert (await hook.post(payload_doc(resolved, status="resolved")))[0] == 202
+        await asyncio.wait_for(hook.receiver.join(), timeout=10)
+        assert [u.trigger_audit for u in r.updates] == [True, False, True, False]
+        assert [u.alert_firing for u in r.updates] == [True, True, True, False]
+        assert hook.alerts("resolved", "resolved") == 1
+        assert r.updates[-1].alerts[-1].status is AlertStatus.RESOLVED
+
+
+async def test_dedupe_survives_a_restart(tmp_path: Path) -> None:
+    async with serve(tmp_path) as hook:
+        assert (await hook.post(payload_doc()))[0] == 202
+        await asyncio.wait_for(hook.receiver.join(), timeout=10)
+        written = hook.recorder.updates[0].alerts  # what the operator writes to status
+    status = json.loads(json.dumps([r.model_dump(mode="json", by_alias=True) for r in written]))
+    restored = tuple(AlertRecord.model_validate(r) for r in status)
+    after_restart = PolicyTarget("serving", "llama", alerts=restored)
+    async with serve(tmp_path, targets=[after_restart]) as hook:
+        assert (await hook.post(payload_doc()))[0] == 202
+        await asyncio.wait_for(hook.receiver.join(), timeout=10)
+        assert hook.recorder.triggers == 0
+        assert hook.alerts("firing", "duplicate") == 1
+
+
+async def test_unmatched_alerts_are_counted(tmp_path: Path) -> None:
+    async with serve(tmp_path) as hook:
+        doc = payload_doc(alert_doc(labels={"alertname": "Other"}))
+        assert (await hook.post(doc))[0] == 202
+        await asyncio.wait_for(hook.receiver.join(), timeout=10)
+        assert hook.alerts("firing", "unmatched") == 1
+        assert hook.recorder.calls == 0
+
+
+# --------------------------------------------------------------------------- fuzz
+
+
+@contextlib.contextmanager
+def threaded_server(app: web.Application) -> Iterator[tuple[str, int]]:
+    """Serve ``app`` on 127.0.0.1 from a thread, for synchronous (hypothesis) clients."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    runner = web.AppRunner(app)
+
+    def call(coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=10)
+
+    call(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    call(site.start())
+    host, port = runner.addresses[0][:2]
+    try:
+        yield host, port
+    finally:
+        call(runner.cleanup())
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    token_file = tmp_path_factory.mktemp("fuzz") / "token"
+    token_file.write_text(TOKEN)
+
+    async def on_alerts(update: PolicyAlerts) -> None:
+        return None
+
+    app = create_app(
+        token_file=token_file,
+        on_alerts=on_alerts,
+        policies=lambda: TARGETS,
+        metrics=OperatorMetrics(),
+        max_body_bytes=64 * 1024,
+        queue_size=100_000,
+    )
+    with threaded_server(app) as address:
+        yield address
+
+
+def send(address: tuple[str, int], body: bytes, headers: dict[str, str]) -> int:
+    conn = http.client.HTTPConnection(*address, timeout=10)
+    try:
+        conn.request("POST", DEFAULT_PATH, body=body, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [prefix] if prefix else []
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            found += _paths(v, (*prefix, k))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            found += _paths(v, (*prefix, i))
+    return found
+
+
+@st.composite
+def near_valid_payloads(draw: st.DrawFn) -> dict[str, Any]:
+    doc = payload_doc(*[alert_doc(f"fp{i}") for i in range(draw(st.integers(0, 3)))])
+    for _ in range(draw(st.integers(1, 3))):
+        paths = _paths(doc)
+        if not paths:
+            break
+        path = draw(st.sampled_from(paths))
+        node: Any = doc
+        for part in path[:-1]:
+            node = node[part]
+        if draw(st.booleans()):
+            del node[path[-1]]
+        else:
+            node[path[-1]] = draw(json_values)
+    return doc
+
+
+FUZZ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@FUZZ
+@given(doc=json_values)
+def test_fuzz_random_json_never_5xx(fuzz_server: tuple[str, int], doc: Any) -> None:
+    assert send(fuzz_server, encode(doc), AUTH) in {202, 400}
+
+
+@FUZZ
+@given(doc=near_valid_payloads())
+def test_fuzz_near_valid_payloads_never_5xx(fuzz_server: tuple[str, int], doc: Any) -> None:
+    assert send(fuzz_server, encode(doc), AUTH) in {202, 400}
+
+
+@FUZZ
+@given(body=st.binary(max_size=2048))
+def test_fuzz_random_bytes_never_5xx(fuzz_server: tuple[str, int], body: bytes) -> None:
+    assert send(fuzz_server, body, AUTH) in {202, 400}
+
+
+@FUZZ
+@given(
+    authorization=st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=60),
+    body=st.binary(max_size=256),
+)
+def test_fuzz_random_authorization_never_5xx(
+    fuzz_server: tuple[str, int], authorization: str, body: bytes
+) -> None:
+    code = send(fuzz_server, body, {"Authorization": authorization})
+    assert code in {401, 400, 202}
+
+
+# --------------------------------------------------------------------------- the real thing
+
+
+@pytest.mark.servers
+async def test_real_alertmanager_posts_to_the_webhook(
+    tmp_path: Path, start_alertmanager: Callable[..., Any]
+) -> None:
+    """Real Alertmanager -> webhook with the bearer token from a credentials_file ->
+    one audit trigger; then the resolve -> AlertFiring cleared, nothing triggered."""
+    async with serve(tmp_path) as hook:
+        url = f"http://127.0.0.1:{hook.client.port}{DEFAULT_PATH}"
+        am = await asyncio.to_thread(start_alertmanager, webhook_url=url, webhook_token=TOKEN)
+        labels = {
+            "alertname": "StopBudgetEMLow",
+            "stoppolicy": "llama",
+            "namespace": "serving",
+            "severity": "page",
+        }
+        starts = datetime.now(UTC) - timedelta(seconds=5)
+        alert = {"labels": labels, "startsAt": starts.isoformat(), "annotations": {"summary": "EM"}}
+        await asyncio.to_thread(am.post_alerts, [alert])
+        recorder = hook.recorder
+        await recorder.wait_for(lambda: recorder.triggers == 1, within=30)
+        (update,) = recorder.updates
+        (record,) = update.alerts
+        assert update.key == ("serving", "llama")
+        assert update.alert_firing
+        assert record.alertname == "StopBudgetEMLow"
+        assert len(record.fingerprint) == 16
+        assert abs(record.starts_at - starts) < timedelta(milliseconds=1)
+
+        ended = {**alert, "endsAt": datetime.now(UTC).isoformat()}
+        await asyncio.to_thread(am.post_alerts, [ended])
+        await recorder.wait_for(lambda: not recorder.updates[-1].alert_firing, within=30)
+        assert recorder.triggers == 1
+        assert recorder.updates[-1].outcomes[0][1] is Outcome.RESOLVED
+        assert hook.requests(202) == len(recorder.updates)
+        assert hook.requests(401) == 0
