@@ -42,8 +42,8 @@ debs:
 setup: $(STAMP) debs
 
 lint: $(STAMP)
-	$(BIN)/ruff check operator tests benchmarks
-	$(BIN)/ruff format --check operator tests benchmarks
+	$(BIN)/ruff check operator tests benchmarks charts
+	$(BIN)/ruff format --check operator tests benchmarks charts
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
