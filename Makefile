@@ -67,6 +67,7 @@ docs: $(STAMP)
 
 bench: setup
 	$(BIN)/python benchmarks/bench_simulator.py
+	$(BIN)/python benchmarks/bench_audit.py
 	@if [ -f benchmarks/bench_operator.py ]; then $(BIN)/python benchmarks/bench_operator.py; fi
 
 bench-operator: setup

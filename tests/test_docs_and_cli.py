@@ -52,14 +52,14 @@ def test_validate_multi_document_reports_each(
 ) -> None:
     bad = yaml.safe_load(yaml.safe_dump(MINIMAL))
     bad["spec"]["budget"]["min"] = 5000
-    other = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}
+    other = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"}}
     path = _write(tmp_path, "many.yaml", [MINIMAL, bad, other])
     assert cli.main(["validate", "-q", str(path)]) == 1
     out = capsys.readouterr().out.splitlines()
     assert out == [
         f"{path}#2: spec.budget.min: min must not exceed max: lower budget.min or raise budget.max",
-        f"{path}#3: kind: v1/ConfigMap is not a stopbudget.io/v1alpha1 StopPolicy: "
-        "stopbudget validate checks StopPolicy documents only",
+        f"{path}#3: kind: apps/v1/Deployment is not a stopbudget.io/v1alpha1 StopPolicy: "
+        "stopbudget validate checks StopPolicy documents and golden-set ConfigMaps only",
     ]
 
 
@@ -105,3 +105,17 @@ POLICY_EXAMPLES = [
 @pytest.mark.parametrize("path", POLICY_EXAMPLES, ids=lambda p: p.name)
 def test_examples_validate(path: Path) -> None:
     assert cli.main(["validate", "-q", str(path)]) == 0
+
+
+def test_validate_golden_set_configmap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "g"},
+        "data": {"golden.jsonl": '{"question": "q", "answer": "1"}\n{"answer": "2"}\n'},
+    }
+    path = _write(tmp_path, "golden.yaml", [bad])
+    assert cli.main(["validate", "-q", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith(f"{path}: data.golden.jsonl: line 2: ")
+    assert "question" in out

@@ -78,6 +78,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="print only problems")
     p.set_defaults(func=_cmd_validate)
 
+    from stopbudget.audits import command as audit_command
+
+    audit_command.add_parser(sub)
+
     return top
 
 

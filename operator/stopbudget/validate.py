@@ -1,5 +1,7 @@
 """``stopbudget validate``: check StopPolicy YAML offline, as the API server and the operator would.
 
+Golden-set ConfigMaps (``kind: ConfigMap`` holding JSONL) are checked too, line by line.
+
 Two layers, each reporting every problem as ``(path.to.field, message)``:
 
 * the CRD's ``openAPIV3Schema`` through ``jsonschema`` (types, bounds, enums,
@@ -27,6 +29,7 @@ import yaml
 from pydantic import ValidationError
 
 from stopbudget import api, crdgen
+from stopbudget.audits import dataset
 
 
 @dataclass(frozen=True)
@@ -121,12 +124,14 @@ def check_document(doc: Any) -> list[tuple[str, str]]:
             ("(document)", f"expected a mapping (a Kubernetes object), got {type(doc).__name__}")
         ]
     kind, version = doc.get("kind"), doc.get("apiVersion")
+    if kind == "ConfigMap" and version == "v1":
+        return dataset.check_configmap(doc)
     if kind != api.KIND or version != api.API_VERSION:
         return [
             (
                 "kind",
                 f"{version}/{kind} is not a {api.API_VERSION} {api.KIND}: "
-                "stopbudget validate checks StopPolicy documents only",
+                "stopbudget validate checks StopPolicy documents and golden-set ConfigMaps only",
             )
         ]
     model: list[tuple[str, str]] = []
