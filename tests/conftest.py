@@ -1,9 +1,16 @@
 from __future__ import annotations
 
+import asyncio
 import copy
-from typing import Any
+import itertools
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 import pytest
+
+from stopbudget import devservers
+from stopbudget.exporter import ENGINES, EngineExporter
 
 # A minimal valid StopPolicy; tests copy and change it.
 MINIMAL: dict[str, Any] = {
@@ -22,3 +29,159 @@ MINIMAL: dict[str, Any] = {
 def policy() -> dict[str, Any]:
     """A fresh copy of a minimal valid StopPolicy document."""
     return copy.deepcopy(MINIMAL)
+
+
+# --------------------------------------------------------------------------- real servers
+# Fixtures for tests marked `servers`: a session-wide real Prometheus scraping a
+# pool of engine exporters, an exporter factory, and starters for more
+# Prometheus and Alertmanager servers.  They skip (with the reason) when the
+# Debian binaries are missing; `make test` installs them.
+#
+# Prometheus 2.42 picks up a new scrape target only on a fixed 5 s tick, so the
+# session Prometheus is started with a pool of exporters already listed and
+# up; `make_exporter` hands them out with fresh, uniquely labelled series.
+
+T = TypeVar("T")
+
+#: Scrape job of the engine exporters in the session Prometheus.
+ENGINES_JOB = "engines"
+#: Scrape job for the operator's own /metrics (targets added by the tests that need it).
+OPERATOR_JOB = "stopbudget"
+EXPORTER_POOL_SIZE = 4
+
+
+def require_binaries(*names: str) -> None:
+    """Skip the calling test when a server binary is missing."""
+    missing = devservers.missing_binaries(*names)
+    if missing:
+        pytest.skip(
+            f"{', '.join(missing)} not installed: `make test` installs the Debian packages "
+            "prometheus and prometheus-alertmanager"
+        )
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:
+    """Poll ``probe`` until it returns something truthy; return it."""
+    return devservers.wait_until(probe, timeout=timeout, what=what)
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
+    accept: Callable[[T], bool],
+    within: float = 20.0,
+    what: str = "condition",
+) -> T:
+    """Await ``probe()`` until ``accept`` holds for its result; return that result.
+
+    The TimeoutError shows the last result, so a failure says what was seen.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        last = await probe()
+        if accept(last):
+            return last
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what} not reached within {within:g}s; last: {last!r}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def _exporter_pool() -> Iterator[list[EngineExporter]]:
+    pool = [EngineExporter(engines=()).start() for _ in range(EXPORTER_POOL_SIZE)]
+    yield pool
+    for exporter in pool:
+        exporter.stop()
+
+
+@pytest.fixture(scope="session")
+def prometheus_server(_exporter_pool: list[EngineExporter]) -> Iterator[devservers.DevPrometheus]:
+    """The session's real Prometheus (1 s scrapes), jobs `engines` and `stopbudget`.
+
+    Tests may add targets, rules and Alertmanagers but must remove what they add.
+    """
+    require_binaries(devservers.PROMETHEUS)
+    with devservers.DevPrometheus(jobs=(ENGINES_JOB, OPERATOR_JOB)) as prom:
+        targets = [e.target for e in _exporter_pool]
+        prom.add_targets(ENGINES_JOB, "pool", targets)
+        prom.wait_for_targets(ENGINES_JOB, targets, timeout=30)
+        yield prom
+
+
+_model_ids = itertools.count(1)
+_in_use: set[EngineExporter] = set()
+
+
+@pytest.fixture
+def make_exporter(
+    prometheus_server: devservers.DevPrometheus,
+    _exporter_pool: list[EngineExporter],
+    request: pytest.FixtureRequest,
+) -> Iterator[Callable[..., EngineExporter]]:
+    """Factory of engine exporters that `prometheus_server` already scrapes.
+
+    ``make_exporter(model_name=None, engines=ENGINES, labels=None)`` returns a
+    running exporter whose series start at zero; the model name defaults to a
+    name unique to this call, so series of other tests never match.  Stop and
+    start it freely: it is restarted and cleared when the test ends.
+    """
+    handed: list[EngineExporter] = []
+
+    def make(
+        model_name: str | None = None,
+        *,
+        engines: tuple[str, ...] = ENGINES,
+        labels: dict[str, str] | None = None,
+    ) -> EngineExporter:
+        name = model_name or f"{request.node.name[:60]}-{next(_model_ids)}"
+        free = [e for e in _exporter_pool if e not in _in_use]
+        if free:
+            exporter = free[0]
+        else:  # pool exhausted: a new target, which Prometheus picks up in about 5 s
+            exporter = EngineExporter(engines=()).start()
+            _exporter_pool.append(exporter)
+            prometheus_server.add_targets(ENGINES_JOB, f"extra-{exporter.port}", [exporter.target])
+            prometheus_server.wait_for_targets(ENGINES_JOB, [exporter.target], timeout=30)
+        exporter.reset(name, engines=engines, labels=labels)
+        _in_use.add(exporter)
+        handed.append(exporter)
+        return exporter
+
+    yield make
+    for exporter in handed:
+        exporter.start()  # a no-op unless the test stopped it; same port
+        exporter.clear()
+        _in_use.discard(exporter)
+
+
+@pytest.fixture
+def start_prometheus() -> Iterator[Callable[..., devservers.DevPrometheus]]:
+    """Starter of extra real Prometheus servers (``DevPrometheus`` keyword arguments),
+    for tests that stop, restart or reconfigure one; all are closed at the end."""
+    require_binaries(devservers.PROMETHEUS)
+    started: list[devservers.DevPrometheus] = []
+
+    def start(**kwargs: Any) -> devservers.DevPrometheus:
+        prom = devservers.DevPrometheus(**kwargs)
+        started.append(prom)
+        return prom.start()
+
+    yield start
+    for prom in started:
+        prom.close()
+
+
+@pytest.fixture
+def start_alertmanager() -> Iterator[Callable[..., devservers.DevAlertmanager]]:
+    """Starter of real Alertmanagers (``DevAlertmanager`` keyword arguments, e.g.
+    ``webhook_url=..., webhook_token=...``); all are closed at the end."""
+    require_binaries(devservers.ALERTMANAGER)
+    started: list[devservers.DevAlertmanager] = []
+
+    def start(**kwargs: Any) -> devservers.DevAlertmanager:
+        am = devservers.DevAlertmanager(**kwargs)
+        started.append(am)
+        return am.start()
+
+    yield start
+    for am in started:
+        am.close()
