@@ -427,3 +427,19 @@ def test_budget_does_not_rise_with_pressure(s: dict[str, Any], p1: float, p2: fl
     assume(p1 != p2)
     lower, higher = sorted((p1, p2))
     assert _run(s, lower).budget >= _run(s, higher).budget
+
+
+def test_never_raises_while_overloaded() -> None:
+    # Pressure is measured at 256: 512/1.2 would raise the budget into the overload.
+    d = decide(_spec(), _curve(), _load(1.2), State(budget=256), NOW)
+    assert d.budget == 256
+    assert "256/1.2 = 213.33, floor 256" in d.reason
+
+
+@pytest.mark.parametrize(
+    ("pressure", "expected"), [(0.9, 285), (0.5, 512), (0.0, 512), (0.99, 259)]
+)
+def test_going_up_uses_the_headroom_only(pressure: float, expected: int) -> None:
+    d = decide(_spec(), _curve(), _load(pressure), State(budget=256), NOW)
+    assert d.budget == expected
+    assert d.rule == Rule.TARGET

@@ -82,6 +82,10 @@ def parser() -> argparse.ArgumentParser:
 
     audit_command.add_parser(sub)
 
+    from stopbudget.sim import command as simulate_command
+
+    simulate_command.add_parser(sub)
+
     return top
 
 

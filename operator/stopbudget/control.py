@@ -12,7 +12,13 @@ The steps, in order (VPA-style: an estimator, then post-processors):
    ``emTarget`` / ``emFloor`` (none -> ``max``, reported as unreachable).
 2. Cost cap: ``maxTokensPerRequest`` lowers the target; it breaks the floor only
    with ``priority: cost``.
-3. Load: pressure ``p`` <= 1 -> ``b_target``; ``p`` > 1 -> ``max(b_floor, b_target / p)``.
+3. Load: with ``r = min(applied budget, b_target)`` (the budget the pressure was
+   measured at), ``p`` > 1 -> ``max(b_floor, r / p)``; ``p`` <= 1 -> up toward
+   ``b_target`` by the headroom, ``min(b_target, r / p)``.  DESIGN writes
+   ``b_target / p``; that is the same while the applied budget is ``b_target``,
+   but from a lower budget it would *raise* the budget while overloaded, and
+   going straight back to ``b_target`` at ``p`` <= 1 saw-tooths around capacity
+   (both seen in the simulator on the Azure traces).
 4. Quality guard: live EM below the floor -> up (to ``b_target``, or to ``max``
    when already there) at once, and an audit is requested. A firing alert with
    ``raiseBudgetOnFiring`` raises to ``b_target`` at once too.
@@ -241,18 +247,30 @@ def decide(
         rule = Rule.NO_EVIDENCE
         reason = "no prior and no audit yet: keeping budget.initial"
     else:
-        # 3. Load.
+        # 3. Load. Pressure is measured at the budget applied now, so the budget that
+        # brings it to 1 is (applied budget) / p: above 1 the budget goes down from
+        # there (never up while overloaded), below 1 it goes up by the headroom only
+        # (no sawtooth back to b_target while the fleet is near capacity).
         pressure = observation.pressure
+        reference = min(current, b_target) if current is not None else b_target
         if pressure <= 1.0:
-            raw = float(b_target)
+            headroom = reference / pressure if pressure > 0 else math.inf
             rule = Rule.TARGET
-            reason = f"pressure {_fmt(pressure)} <= 1: EM-target budget {b_target}"
+            if headroom >= b_target or current is None or current >= b_target:
+                raw = float(b_target)
+                reason = f"pressure {_fmt(pressure)} <= 1: EM-target budget {b_target}"
+            else:
+                raw = max(float(b_floor), headroom)
+                reason = (
+                    f"pressure {_fmt(pressure)} <= 1: headroom {reference}/{_fmt(pressure)} = "
+                    f"{_fmt(headroom)} toward the EM-target budget {b_target}"
+                )
         else:
-            raw = max(float(b_floor), b_target / pressure)
+            raw = max(float(b_floor), reference / pressure)
             rule = Rule.LOAD
             reason = (
                 f"pressure {_fmt(pressure)} ({_top_signal(observation)}): "
-                f"{b_target}/{_fmt(pressure)} = {_fmt(b_target / pressure)}, floor {b_floor}"
+                f"{reference}/{_fmt(pressure)} = {_fmt(reference / pressure)}, floor {b_floor}"
             )
         # 4. Quality guard: live EM below the floor, or a firing alert.
         em = observation.em

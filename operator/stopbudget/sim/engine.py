@@ -1,0 +1,482 @@
+"""One simulation: every strategy over the same requests, and their figures. PURE.
+
+:func:`simulate` replays the workload through a fresh fleet once per strategy.
+Time advances in control intervals (the policy's ``control.interval``): at
+each tick the strategy sees the fleet's signals and sets the budget of the
+requests arriving until the next tick (a budget is fixed when a request
+arrives, as at a gateway).  After the last interval the fleet drains, so every
+request completes.  Nothing here reads a clock or a file; progress is reported
+through a callback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from itertools import pairwise
+
+from croniter import croniter
+
+from stopbudget.api import StopPolicySpec
+from stopbudget.control import Observation, SignalReading
+from stopbudget.sim.fleet import Fleet, FleetConfig, FleetSignals, quantile
+from stopbudget.sim.inputs import QualityTable, Trace
+from stopbudget.sim.model import Objective, Served, Workload, candidates, meets, serve
+from stopbudget.sim.strategies import (
+    AuditRecord,
+    LawCall,
+    Reactive,
+    ReactiveConfig,
+    Schedule,
+    Static,
+    StopBudget,
+    Strategy,
+    Tick,
+    Window,
+    audit_times_every,
+)
+
+#: What the fleet exports, by the signal kind a policy's signal name maps to.
+SIGNAL_KINDS: Mapping[str, Callable[[FleetSignals], float]] = {
+    "queue": lambda s: float(s.queue),
+    "kvCache": lambda s: s.kv_cache,
+    "latencyP95": lambda s: s.latency_p95,
+    "latencyP99": lambda s: s.latency_p99,
+    "running": lambda s: float(s.running),
+}
+#: Default latency SLO when neither --latency-slo nor a latency signal gives one.
+DEFAULT_SLO_S = 60.0
+
+
+class PolicyError(ValueError):
+    """The policy cannot be simulated as written (the message names the field and the fix)."""
+
+
+def signal_kind(name: str) -> str | None:
+    """The fleet signal a policy signal stands for, from its name (queries are not run).
+
+    queue/waiting/pending -> queue; kv/cache -> kvCache; a name with latency
+    (or ttft, e2e) -> latencyP95, or latencyP99 when it contains 99;
+    running/batch/concurrency -> running.
+    """
+    n = name.lower()
+    if any(w in n for w in ("queue", "waiting", "pending")):
+        return "queue"
+    if "kv" in n or "cache" in n:
+        return "kvCache"
+    if any(w in n for w in ("latency", "ttft", "e2e")):
+        return "latencyP99" if "99" in n else "latencyP95"
+    if any(w in n for w in ("running", "batch", "concurren")):
+        return "running"
+    return None
+
+
+def signal_kinds(spec: StopPolicySpec) -> list[tuple[str, float, str]]:
+    """(name, target, kind) of each load signal; PolicyError for one the fleet cannot export."""
+    out = []
+    for i, sig in enumerate(spec.load.signals):
+        kind = signal_kind(sig.name)
+        if kind is None:
+            raise PolicyError(
+                f"spec.load.signals[{i}].name: the simulator cannot tell what {sig.name!r} "
+                f"measures; it exports {', '.join(SIGNAL_KINDS)} and maps signal names by "
+                "their words (queue/waiting/pending, kv/cache, latency (99), running/batch): "
+                "rename the signal"
+            )
+        out.append((sig.name, sig.target, kind))
+    return out
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything about a simulation that is not in the trace, quality file or policy."""
+
+    fleet: FleetConfig = field(default_factory=FleetConfig)
+    #: Arrival times are divided by this (2: twice the request rate).
+    time_scale: float = 1.0
+    seed: int = 0
+    #: A request meets the latency SLO when its end-to-end latency is at most this;
+    #: None: the target of the policy's latency signal, else DEFAULT_SLO_S.
+    latency_slo_s: float | None = None
+    #: Audit period in simulated seconds; None: the policy's audit.schedule (cron).
+    audit_every_s: float | None = None
+    #: Time from an audit's start to its curve being used.
+    audit_duration_s: float = 300.0
+    #: EM-target attainment and time below floor are judged on windows this long
+    #: (whole control intervals), over the requests arriving in each.
+    eval_window_s: float = 300.0
+    reactive: ReactiveConfig = field(default_factory=ReactiveConfig)
+    #: Strategy names to run (None: all); the oracle always runs.
+    only: tuple[str, ...] | None = None
+
+
+def latency_slo(spec: StopPolicySpec, options: Options) -> tuple[float, str]:
+    """The latency SLO in seconds and where it comes from."""
+    if options.latency_slo_s is not None:
+        return options.latency_slo_s, "--latency-slo"
+    for sig in spec.load.signals:
+        if signal_kind(sig.name) in ("latencyP95", "latencyP99"):
+            return sig.target, f"target of load signal {sig.name}"
+    return DEFAULT_SLO_S, "default"
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One strategy's figures (a row of results.csv)."""
+
+    strategy: str
+    tokens_per_request: float
+    em: float
+    #: Share of evaluation windows (with arrivals) whose requests' EM met emTarget.
+    em_target_attainment: float
+    #: Share of evaluation windows (with arrivals) whose requests' EM was below emFloor.
+    time_below_floor: float
+    p95_latency_s: float
+    #: Share of requests whose end-to-end latency met the SLO.
+    slo_attainment: float
+    budget_changes_per_hour: float
+    #: Generated tokens x policy price / 1e6; None without cost.pricePerMillionTokens.
+    cost: float | None
+    requests: int
+    mean_budget: float
+    p50_latency_s: float
+    max_queue: int
+
+    COLUMNS = (
+        "strategy",
+        "tokens_per_request",
+        "em",
+        "em_target_attainment",
+        "time_below_floor",
+        "p95_latency_s",
+        "slo_attainment",
+        "budget_changes_per_hour",
+        "cost",
+        "requests",
+        "mean_budget",
+        "p50_latency_s",
+        "max_queue",
+    )
+
+    def row(self) -> dict[str, str | float | int | None]:
+        return {c: getattr(self, c) for c in self.COLUMNS}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One strategy's run."""
+
+    name: str
+    #: Budget in force during each interval.
+    budgets: tuple[int, ...]
+    #: Fleet signals at each tick, and the policy's pressure from them.
+    signals: tuple[FleetSignals, ...]
+    pressure: tuple[float, ...]
+    #: EM of the requests arriving in each interval (None: no arrivals).
+    interval_em: tuple[float | None, ...]
+    #: Per request: generated tokens, exact match, end-to-end latency.
+    generated: tuple[int, ...]
+    correct: tuple[bool, ...]
+    latency: tuple[float, ...]
+    #: (arrived, completed, queued, running) at each tick and after the drain.
+    ledger: tuple[tuple[int, int, int, int], ...]
+    summary: Summary
+    audits: tuple[AuditRecord, ...] = ()
+    calls: tuple[LawCall, ...] = ()
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The result of :func:`simulate`."""
+
+    spec: StopPolicySpec
+    workload: Workload
+    options: Options
+    start: datetime
+    slo_s: float
+    slo_source: str
+    objective: Objective
+    candidates: tuple[int, ...]
+    #: Budgets of the quality file's settings.
+    quality_levels: tuple[int, ...]
+    served: Mapping[int, Served]
+    runs: tuple[Run, ...]
+
+    def run(self, name: str) -> Run:
+        for r in self.runs:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    @property
+    def horizon(self) -> float:
+        return self.workload.intervals * self.workload.interval
+
+    def arrival_rate(self) -> list[float]:
+        """Requests per second arriving in each interval."""
+        out = []
+        for k in range(self.workload.intervals):
+            lo, hi = self.workload.bounds(k)
+            out.append((hi - lo) / self.workload.interval)
+        return out
+
+
+def _audit_times(
+    spec: StopPolicySpec, options: Options, start: datetime, horizon: float
+) -> list[float]:
+    if spec.audit is None:
+        return []
+    if options.audit_every_s is not None:
+        return audit_times_every(options.audit_every_s, horizon)
+    if spec.audit.schedule is None:
+        return []
+    times: list[float] = []
+    it = croniter(spec.audit.schedule, start)
+    while True:
+        nxt: datetime = it.get_next(datetime)
+        t = (nxt - start).total_seconds()
+        if t >= horizon or len(times) > 100_000:
+            return times
+        times.append(t)
+
+
+def simulate(
+    trace: Trace,
+    quality: QualityTable,
+    spec: StopPolicySpec,
+    options: Options | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Comparison:
+    """Run every strategy on the trace and return their figures; deterministic per seed.
+
+    ``progress(done, total)`` is called after every control tick of every strategy.
+    """
+    options = options or Options()
+    kinds = signal_kinds(spec)
+    slo, slo_source = latency_slo(spec, options)
+    interval = spec.control.interval.total_seconds()
+    workload = Workload.of(trace, quality, interval, options.time_scale, options.seed)
+    low, high = spec.budget.min, spec.budget.max
+    cands = candidates(quality, low, high)
+    served: dict[int, Served] = {}
+
+    def at(budget: int) -> Served:
+        if budget not in served:
+            served[budget] = serve(
+                workload, quality, budget, spec.budget.kind, options.fleet.prefill_weight
+            )
+        return served[budget]
+
+    objective = Objective(
+        spec.quality.em_target, spec.quality.em_floor, options.fleet.capacity * interval
+    )
+    plan = [
+        objective.best([at(c) for c in cands], *workload.bounds(k)).budget
+        for k in range(workload.intervals)
+    ]
+    ladder = sorted(spec.audit.budgets) if spec.audit is not None else list(cands)
+    horizon = workload.intervals * interval
+    strategies: list[Strategy] = [Static(b) for b in ladder]
+    strategies.append(Reactive(spec, ladder, options.reactive))
+    strategies.append(
+        StopBudget(
+            spec,
+            quality,
+            _audit_times(spec, options, trace.start, horizon),
+            options.audit_duration_s,
+            options.seed,
+        )
+    )
+    if options.only is not None:
+        strategies = [s for s in strategies if s.name in options.only]
+    strategies.append(Schedule("oracle", plan))
+    total = workload.intervals * len(strategies)
+    ticks = [0]
+
+    def tick() -> None:
+        ticks[0] += 1
+        if progress is not None:
+            progress(ticks[0], total)
+
+    runs = tuple(
+        _run(s, workload, spec, options, kinds, slo, trace.start, at, tick) for s in strategies
+    )
+    return Comparison(
+        spec=spec,
+        workload=workload,
+        options=options,
+        start=trace.start,
+        slo_s=slo,
+        slo_source=slo_source,
+        objective=objective,
+        candidates=cands,
+        quality_levels=quality.levels,
+        served=served,
+        runs=runs,
+    )
+
+
+def _run(
+    strategy: Strategy,
+    workload: Workload,
+    spec: StopPolicySpec,
+    options: Options,
+    kinds: list[tuple[str, float, str]],
+    slo: float,
+    start: datetime,
+    at: Callable[[int], Served],
+    tick: Callable[[], None],
+) -> Run:
+    n = len(workload)
+    fleet = Fleet(options.fleet, n)
+    generated = [0] * n
+    correct = [False] * n
+    budgets: list[int] = []
+    signals: list[FleetSignals] = []
+    pressure: list[float] = []
+    ledger: list[tuple[int, int, int, int]] = []
+    # Prefix sums over fleet.log (completion order), for the trailing windows.
+    hits_upto, tokens_upto = [0], [0]
+    live_em = spec.quality.query is not None
+
+    def completed_within(t: float) -> Callable[[float], Window]:
+        def window(seconds: float) -> Window:
+            lo, hi = fleet.window(t, seconds)
+            return Window(hi - lo, hits_upto[hi] - hits_upto[lo], tokens_upto[hi] - tokens_upto[lo])
+
+        return window
+
+    interval = workload.interval
+    for k in range(workload.intervals):
+        t = k * interval
+        now = start + timedelta(seconds=t)
+        sig = fleet.signals(t)
+        window = completed_within(t)
+        observation = Observation(
+            signals=tuple(
+                SignalReading(name, target, SIGNAL_KINDS[kind](sig)) for name, target, kind in kinds
+            ),
+            em=window(options.fleet.window_s).em if live_em else None,
+        )
+        ledger.append((fleet.arrived, fleet.completed, fleet.queued, fleet.running))
+        signals.append(sig)
+        pressure.append(observation.pressure)
+        budget = strategy.budget(Tick(k, t, now, sig, observation, window))
+        budgets.append(budget)
+        served = at(budget)
+        lo, hi = workload.bounds(k)
+        arrivals = []
+        for i in range(lo, hi):
+            generated[i] = served.generated[i]
+            correct[i] = served.correct[i]
+            arrivals.append((workload.arrivals[i], i, served.work[i], served.kv[i]))
+        fleet.run(t + interval, arrivals)
+        for q in fleet.log[len(hits_upto) - 1 :]:
+            hits_upto.append(hits_upto[-1] + correct[q])
+            tokens_upto.append(tokens_upto[-1] + generated[q])
+        tick()
+    fleet.drain()
+    ledger.append((fleet.arrived, fleet.completed, fleet.queued, fleet.running))
+    if isinstance(strategy, StopBudget):
+        strategy.finish()
+    latency = tuple(fleet.done[i] - workload.arrivals[i] for i in range(n))
+    interval_em: list[float | None] = []
+    for k in range(workload.intervals):
+        lo, hi = workload.bounds(k)
+        interval_em.append(sum(correct[lo:hi]) / (hi - lo) if hi > lo else None)
+    summary = _summary(
+        strategy.name,
+        spec,
+        workload,
+        budgets,
+        generated,
+        correct,
+        latency,
+        slo,
+        fleet.max_queue,
+        options.eval_window_s,
+    )
+    return Run(
+        name=strategy.name,
+        budgets=tuple(budgets),
+        signals=tuple(signals),
+        pressure=tuple(pressure),
+        interval_em=tuple(interval_em),
+        generated=tuple(generated),
+        correct=tuple(correct),
+        latency=latency,
+        ledger=tuple(ledger),
+        summary=summary,
+        audits=tuple(strategy.audits) if isinstance(strategy, StopBudget) else (),
+        calls=tuple(strategy.calls) if isinstance(strategy, StopBudget) else (),
+    )
+
+
+def _summary(
+    name: str,
+    spec: StopPolicySpec,
+    workload: Workload,
+    budgets: Sequence[int],
+    generated: Sequence[int],
+    correct: Sequence[bool],
+    latency: Sequence[float],
+    slo: float,
+    max_queue: int,
+    eval_window: float,
+) -> Summary:
+    n = len(generated)
+    weighted_budget = 0
+    for k, b in enumerate(budgets):
+        lo, hi = workload.bounds(k)
+        weighted_budget += b * (hi - lo)
+    met = below = nonempty = 0
+    for lo, hi in evaluation_windows(workload, eval_window):
+        if hi == lo:
+            continue
+        nonempty += 1
+        hits = sum(correct[lo:hi])
+        met += meets(hits, hi - lo, spec.quality.em_target)
+        below += not meets(hits, hi - lo, spec.quality.em_floor)
+    ordered = sorted(latency)
+    hours = workload.intervals * workload.interval / 3600
+    changes = sum(1 for a, b in pairwise(budgets) if a != b)
+    price = spec.cost.price_per_million_tokens
+    total = sum(generated)
+    return Summary(
+        strategy=name,
+        tokens_per_request=total / n,
+        em=sum(correct) / n,
+        em_target_attainment=met / nonempty,
+        time_below_floor=below / nonempty,
+        p95_latency_s=quantile(ordered, 0.95),
+        slo_attainment=sum(1 for x in latency if x <= slo) / n,
+        budget_changes_per_hour=changes / hours,
+        cost=None if price is None else total * price / 1e6,
+        requests=n,
+        mean_budget=weighted_budget / n,
+        p50_latency_s=quantile(ordered, 0.5),
+        max_queue=max_queue,
+    )
+
+
+def evaluation_windows(workload: Workload, seconds: float) -> list[tuple[int, int]]:
+    """Requests ``[lo, hi)`` arriving in each evaluation window: whole control intervals,
+    as many as fit in ``seconds`` (at least one)."""
+    per = max(1, round(seconds / workload.interval))
+    out = []
+    for first in range(0, workload.intervals, per):
+        last = min(first + per, workload.intervals) - 1
+        out.append((workload.bounds(first)[0], workload.bounds(last)[1]))
+    return out
+
+
+def cheapest_static_meeting_target(comparison: Comparison) -> Run | None:
+    """The static budget with the fewest tokens per request whose overall EM meets emTarget."""
+    target = comparison.spec.quality.em_target
+    meeting = [
+        r
+        for r in comparison.runs
+        if r.name.startswith("static-") and r.summary.em + 1e-12 >= target
+    ]
+    return min(meeting, key=lambda r: r.summary.tokens_per_request, default=None)

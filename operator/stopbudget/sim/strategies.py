@@ -1,0 +1,272 @@
+"""The budget strategies the simulator compares. PURE: no I/O, no clock.
+
+Every strategy is asked once per control tick (the policy's
+``control.interval``, in simulated time) for the budget of the requests that
+arrive until the next tick:
+
+* ``static-<N>``: always ``N``;
+* ``reactive``: the rule production teams write first (:class:`Reactive`);
+* ``stopbudget``: the real control law, :func:`stopbudget.control.decide`,
+  with simulated audits (:class:`StopBudget`);
+* ``oracle``: a schedule computed beforehand with perfect knowledge
+  (:class:`Schedule`, built by the engine from :mod:`stopbudget.sim.model`).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from stopbudget.api import RESTARTING_SINKS, CurveSource, StopPolicySpec
+from stopbudget.control import Decision, Observation, State, decide
+from stopbudget.curve import Curve, Point, from_prior
+from stopbudget.sim.fleet import FleetSignals
+from stopbudget.sim.inputs import QualityTable
+from stopbudget.sim.model import answer
+
+
+@dataclass(frozen=True)
+class Window:
+    """Requests completed within a trailing window."""
+
+    count: int
+    hits: int
+    tokens: int
+
+    @property
+    def em(self) -> float | None:
+        return self.hits / self.count if self.count else None
+
+    @property
+    def mean_tokens(self) -> float | None:
+        return self.tokens / self.count if self.count else None
+
+
+@dataclass(frozen=True)
+class Tick:
+    """What a strategy can see at one control tick."""
+
+    index: int
+    #: Simulated seconds since the first arrival, and the same as a UTC instant.
+    t: float
+    now: datetime
+    signals: FleetSignals
+    #: The policy's signals (and live EM when ``quality.query`` is set), as the law reads them.
+    observation: Observation
+    #: Requests completed within the last ``seconds``.
+    completed_within: Callable[[float], Window]
+
+
+class Strategy(Protocol):
+    name: str
+
+    def budget(self, tick: Tick) -> int: ...
+
+
+@dataclass
+class Static:
+    """The same budget all the time."""
+
+    value: int
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = self.name or f"static-{self.value}"
+
+    def budget(self, tick: Tick) -> int:
+        return self.value
+
+
+@dataclass
+class Schedule:
+    """A budget per interval, fixed in advance (the oracle)."""
+
+    name: str
+    plan: Sequence[int]
+
+    def budget(self, tick: Tick) -> int:
+        return self.plan[tick.index]
+
+
+@dataclass(frozen=True)
+class ReactiveConfig:
+    """The reactive rule's knobs (defaults: what a team would write in a first version)."""
+
+    #: Moving-average window over completed requests, in seconds.
+    window_s: float = 300.0
+    #: Lower only when the moving-average EM is at least emTarget + margin.
+    margin: float = 0.02
+    #: "Tokens are high" above this many generated tokens per request; None: the
+    #: policy's cost.maxTokensPerRequest, or, without one, any (every token costs).
+    tokens_high: float | None = None
+
+
+class Reactive:
+    """Threshold rule on a moving average of live EM, one ladder step at a time.
+
+    Every tick: if the EM of the requests completed in the last ``window_s`` is
+    below ``emTarget``, go one ladder step up; if it is at least ``emTarget +
+    margin`` and the mean tokens per request are high, one step down.  After a
+    move it waits a whole window (and the policy's cooldown for sinks that
+    restart pods) so the average reflects the new budget.  It never looks at
+    load.  The ladder is the policy's ``audit.budgets`` (else the quality
+    levels within bounds); it starts at ``budget.initial`` (or max), rounded up
+    to the ladder.
+    """
+
+    name = "reactive"
+
+    def __init__(self, spec: StopPolicySpec, ladder: Sequence[int], config: ReactiveConfig) -> None:
+        self.ladder = sorted(ladder)
+        start = spec.budget.start
+        self.index = next(
+            (i for i, b in enumerate(self.ladder) if b >= start), len(self.ladder) - 1
+        )
+        self.target = spec.quality.em_target
+        self.min_samples = spec.quality.min_samples
+        self.config = config
+        cap = spec.cost.max_tokens_per_request
+        self.tokens_high = config.tokens_high if config.tokens_high is not None else cap
+        cooldown = (
+            spec.control.cooldown.total_seconds()
+            if spec.budget.sink.type in RESTARTING_SINKS
+            else 0.0
+        )
+        self.hold = max(config.window_s, cooldown)
+        self.last_move = 0.0
+
+    def budget(self, tick: Tick) -> int:
+        if tick.t - self.last_move >= self.hold:
+            window = tick.completed_within(self.config.window_s)
+            em, tokens = window.em, window.mean_tokens
+            if window.count >= self.min_samples and em is not None and tokens is not None:
+                high = self.tokens_high is None or tokens > self.tokens_high
+                if em < self.target and self.index < len(self.ladder) - 1:
+                    self.index += 1
+                    self.last_move = tick.t
+                elif em >= self.target + self.config.margin and high and self.index > 0:
+                    self.index -= 1
+                    self.last_move = tick.t
+        return self.ladder[self.index]
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One simulated audit."""
+
+    started: float
+    finished: float
+    #: "schedule" or "quality-guard" (the law asked for it).
+    trigger: str
+    curve: Curve
+    #: Whether the curve was used: every budget had quality.minSamples answers.
+    used: bool
+
+
+@dataclass(frozen=True)
+class LawCall:
+    """One call of the real control law, with its inputs and output (for replay)."""
+
+    t: float
+    now: datetime
+    curve: Curve
+    observation: Observation
+    state: State
+    decision: Decision
+
+
+@dataclass
+class StopBudget:
+    """The real law (:func:`stopbudget.control.decide`) on simulated metrics and audits.
+
+    Before the first audit the curve is ``quality.prior``.  Audits run at the
+    ``audit_times`` (simulated seconds: the policy's cron schedule or a fixed
+    period) and when a decision asks for one (quality guard); a scheduled
+    audit is deferred while pressure > 1 if ``audit.deferUnderPressure``, for
+    at most ``audit.maxDeferral``.  An audit draws ``audit.sampleSize``
+    questions (a fresh sample each time: the sampling noise of a real audit),
+    scores them at every ladder budget, and its curve (source audit) is used
+    from the first tick after ``audit_duration`` has passed; audits do not
+    overlap.  Audits do not load the simulated fleet.
+    """
+
+    spec: StopPolicySpec
+    quality: QualityTable
+    audit_times: Sequence[float]
+    audit_duration: float
+    seed: int
+    name: str = "stopbudget"
+    calls: list[LawCall] = field(default_factory=list)
+    audits: list[AuditRecord] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.curve = from_prior(self.spec.quality.prior, self.spec.quality.confidence)
+        self.state = State()
+        self._rng = random.Random(f"audits:{self.seed}")  # noqa: S311 - not security
+        self._due = sorted(self.audit_times)
+        self._pending: AuditRecord | None = None
+
+    def _measure(self, t: float, trigger: str) -> None:
+        audit = self.spec.audit
+        if audit is None or self._pending is not None:
+            return
+        size = min(audit.sample_size, self.quality.questions)
+        sample = self._rng.sample(range(self.quality.questions), size)
+        points = []
+        for b in sorted(audit.budgets):
+            answers = [answer(self.quality, q, b) for q in sample]
+            points.append(
+                Point(
+                    budget=b,
+                    hits=sum(hit for hit, _ in answers),
+                    n=size,
+                    mean_tokens=sum(tokens for _, tokens in answers) / size,
+                )
+            )
+        curve = Curve.of(points, self.spec.quality.confidence, CurveSource.AUDIT)
+        used = size >= self.spec.quality.min_samples
+        self._pending = AuditRecord(t, t + self.audit_duration, trigger, curve, used)
+
+    def budget(self, tick: Tick) -> int:
+        t = tick.t
+        pending = self._pending
+        if pending is not None and pending.finished <= t:
+            self.audits.append(pending)
+            self._pending = None
+            if pending.used:
+                self.curve = pending.curve
+        audit = self.spec.audit
+        if self._due and self._due[0] <= t and audit is not None:
+            deferring = (
+                audit.defer_under_pressure
+                and tick.observation.pressure > 1.0
+                and t - self._due[0] < audit.max_deferral.total_seconds()
+            )
+            if not deferring:
+                while self._due and self._due[0] <= t:
+                    self._due.pop(0)  # missed runs collapse into one
+                self._measure(t, "schedule")
+        decision = decide(self.spec, self.curve, tick.observation, self.state, tick.now)
+        self.calls.append(LawCall(t, tick.now, self.curve, tick.observation, self.state, decision))
+        self.state = decision.state
+        if decision.request_audit:
+            self._measure(t, "quality-guard")
+        return decision.budget
+
+    def finish(self) -> None:
+        """Record an audit still running at the end."""
+        if self._pending is not None:
+            self.audits.append(self._pending)
+            self._pending = None
+
+
+def audit_times_every(period: float, horizon: float) -> list[float]:
+    """Audits every ``period`` seconds within the horizon (the first after one period)."""
+    if period <= 0 or not math.isfinite(period):
+        raise ValueError(f"audit period must be positive, got {period}")
+    count = int(horizon // period)
+    return [period * (i + 1) for i in range(count)]
