@@ -1105,6 +1105,9 @@ class StopPolicyStatus(_Model):
         None, description="When the next scheduled audit is due."
     )
     last_patch_time: datetime | None = Field(None, description="When the target was last patched.")
+    last_evaluation_time: datetime | None = Field(
+        None, description="When the operator last evaluated the policy."
+    )
     original_value: OriginalValue | None = Field(
         None, description="Sink value before the first patch."
     )

@@ -53,12 +53,63 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    import os
+
+    from stopbudget import settings
+
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig
+    overrides = {
+        "STOPBUDGET_NAMESPACES": ",".join(args.namespace) if args.namespace else None,
+        "STOPBUDGET_PROMETHEUS_URL": args.prometheus_url,
+        "STOPBUDGET_LOG_FORMAT": args.log_format,
+        "STOPBUDGET_LOG_LEVEL": args.log_level,
+    }
+    env = dict(os.environ) | {k: v for k, v in overrides.items() if v is not None}
+    if args.all_namespaces:
+        env.pop("STOPBUDGET_NAMESPACES", None)
+    try:
+        config = settings.from_env(env)
+    except ValueError as exc:
+        print(f"stopbudget run: {exc}", file=sys.stderr)
+        return 2
+    os.environ.update({k: v for k, v in overrides.items() if v is not None})
+    if args.all_namespaces:
+        os.environ.pop("STOPBUDGET_NAMESPACES", None)
+
+    from stopbudget import handlers
+
+    handlers.run(config)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="stopbudget",
         description="Keep LLM serving at the best point between token cost and answer quality.",
     )
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "run",
+        help="run the operator against the current kubeconfig or in-cluster config",
+        description="Run the operator. Settings come from STOPBUDGET_* environment variables "
+        "(see operator/stopbudget/settings.py); these flags override the common ones.",
+    )
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        help="watch this namespace (repeatable); default: STOPBUDGET_NAMESPACES, else cluster-wide",
+    )
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch all namespaces")
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, $KUBECONFIG)")
+    p.add_argument("--prometheus-url", help="Prometheus base URL")
+    p.add_argument("--log-format", choices=["text", "json"], help="log format")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("crd", help="print the StopPolicy CustomResourceDefinition (YAML)")
     p.set_defaults(func=_cmd_crd)

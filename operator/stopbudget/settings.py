@@ -45,6 +45,12 @@ class Settings(BaseModel):
     prometheus_timeout_seconds: float = Field(
         5.0, gt=0, le=120, description="Timeout of one Prometheus query."
     )
+    query_window: str = Field(
+        "2m",
+        pattern=r"^[0-9]+(ms|s|m|h)$",
+        description="Rate window of the presets' counter and histogram queries, e.g. 2m "
+        "(at least 4 scrape intervals).",
+    )
     namespaces: tuple[str, ...] = Field(
         (),
         description="Namespaces to watch, comma-separated; empty watches the whole cluster "

@@ -1,0 +1,198 @@
+"""The kopf layer: THIN.  Each handler parses what kopf hands it, calls one function, writes.
+
+* startup/cleanup: operator settings, the process's services, the HTTP servers;
+* a daemon per StopPolicy: :func:`stopbudget.reconcile.tick` every
+  ``spec.control.interval`` (sooner when woken by a spec change, an alert or a
+  finished audit), then the status patch and the Events it returns;
+* spec or annotation changes wake that daemon;
+* delete: :func:`stopbudget.reconcile.restore` puts the sink back (kopf holds
+  the finalizer until it returns).
+
+Run it with ``stopbudget run`` (or ``kopf run -m stopbudget.handlers``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from stopbudget import api, endpoints, reconcile
+from stopbudget.audits import alerts
+from stopbudget.kube import Kube, KubeError, TargetNotFound
+from stopbudget.metrics import OperatorMetrics
+from stopbudget.prometheus import PrometheusReader
+from stopbudget.settings import Settings, from_env
+
+log = logging.getLogger(__name__)
+
+RESOURCE = (api.GROUP, api.VERSION, api.PLURAL)
+FINALIZER = f"{api.GROUP}/finalizer"
+READINESS = endpoints.Readiness()
+
+
+def run(
+    config: Settings,
+    *,
+    stop_flag: Any = None,
+    ready_flag: Any = None,
+) -> None:
+    """Run the operator until stopped: cluster-wide, or in ``config.namespaces``."""
+    kopf.configure(
+        verbose=config.log_level.upper() == "DEBUG",
+        log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.FULL,
+    )
+    logging.getLogger().setLevel(config.log_level.upper())
+    kopf.run(
+        clusterwide=not config.namespaces,
+        namespaces=config.namespaces,
+        standalone=not config.kopf_peering,
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+    )
+
+
+def configure(settings: kopf.OperatorSettings, config: Settings) -> None:
+    """kopf's settings for stopbudget: our own names for everything kopf stores."""
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=api.GROUP, key="last-handled-configuration"
+    )
+    # Handler logs stay logs; stopbudget posts its own Events for what matters.
+    settings.posting.level = logging.WARNING
+    settings.posting.reporting_component = "stopbudget"
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    # CRDs are not watched: RBAC then needs nothing on apiextensions.
+    settings.scanning.disabled = True
+    settings.peering.standalone = not config.kopf_peering
+    settings.background.cancellation_polling = 5
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod, the service account; elsewhere the kubeconfig (read now, not at import)."""
+    info = kopf.login_with_service_account(**kwargs)
+    return info if info is not None else kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    config = from_env()
+    configure(settings, config)
+    metrics = OperatorMetrics()
+    services = reconcile.Services(
+        settings=config,
+        kube=Kube.connect(),
+        reader=PrometheusReader(config, metrics, window=config.query_window),
+        metrics=metrics,
+        audit_slots=asyncio.Semaphore(config.max_concurrent_audits),
+    )
+    runners = []
+    runner, port = await endpoints.serve(
+        endpoints.app(metrics, READINESS), config.bind_address, config.metrics_port
+    )
+    runners.append(runner)
+    log.info("metrics and health on %s:%d", config.bind_address, port)
+    if config.webhook_token_file is not None:
+        webhook = alerts.create_app(
+            token_file=config.webhook_token_file,
+            on_alerts=services.on_alerts,
+            policies=services.targets,
+            metrics=metrics,
+        )
+        runner, port = await endpoints.serve(webhook, config.bind_address, config.webhook_port)
+        runners.append(runner)
+        log.info("Alertmanager webhook on %s:%d/alertmanager", config.bind_address, port)
+    else:
+        log.info("Alertmanager webhook disabled: STOPBUDGET_WEBHOOK_TOKEN_FILE is not set")
+    memo["services"] = services
+    memo["runners"] = runners
+    READINESS.ready = True
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    READINESS.ready = False
+    services: reconcile.Services | None = memo.get("services")
+    if services is not None:
+        for ns, name in list(services.runtimes):
+            runtime = services.runtimes.pop((ns, name))
+            await runtime.stop_audit()
+        await services.kube.close()
+        services.reader.close()
+    for runner in memo.get("runners", []):
+        await runner.cleanup()
+
+
+@kopf.daemon(*RESOURCE, cancellation_timeout=10.0)
+async def control_loop(
+    namespace: str | None,
+    name: str,
+    body: kopf.Body,
+    meta: kopf.Meta,
+    memo: Any,
+    stopped: kopf.DaemonStopped,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """The policy's loop: a tick, its status and Events, then wait for the interval."""
+    assert namespace is not None  # StopPolicy is namespaced
+    services: reconcile.Services = memo["services"]
+    runtime = services.runtime(namespace, name)
+    while not stopped:
+        result = await reconcile.tick(
+            services, runtime, meta, body.get("spec", {}), body.get("status")
+        )
+        try:
+            await services.kube.patch_policy_status(namespace, name, result.status)
+            runtime.status = result.status
+            if result.remove_audit_annotation:
+                await services.kube.remove_policy_annotation(namespace, name)
+        except TargetNotFound:
+            return  # deleted meanwhile: kopf stops this daemon
+        except KubeError as exc:
+            logger.warning("status not written: %s", exc)
+        for event in result.events:
+            kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
+            logger.info("%s: %s", event.reason, event.message)
+        await runtime.sleep(result.interval, lambda: bool(stopped))
+
+
+@kopf.on.update(*RESOURCE, field="spec")
+@kopf.on.update(*RESOURCE, field="metadata.annotations")
+def changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    """A spec or annotation change (mode, pause, audit request) takes effect now."""
+    assert namespace is not None
+    services: reconcile.Services = memo["services"]
+    services.runtime(namespace, name).wake.set()
+
+
+@kopf.on.delete(*RESOURCE, retries=5, backoff=5)
+async def deleted(
+    namespace: str | None,
+    name: str,
+    body: kopf.Body,
+    memo: Any,
+    logger: kopf.Logger,
+    retry: int,
+    **_: Any,
+) -> None:
+    """Put back the sink's original value, then forget the policy."""
+    assert namespace is not None
+    services: reconcile.Services = memo["services"]
+    try:
+        message = await reconcile.restore(
+            services, namespace, body.get("spec", {}), body.get("status")
+        )
+    except KubeError as exc:
+        if retry < 4:
+            raise kopf.TemporaryError(f"restore failed, retrying: {exc}", delay=5) from exc
+        message = f"restore failed, giving up after {retry + 1} attempts: {exc}"
+        logger.error(message)  # noqa: TRY400 - the traceback adds nothing to the API error
+    logger.info(message)
+    await services.forget(namespace, name)
