@@ -1,0 +1,260 @@
+"""Audits through the running operator, and the whole alert loop with the real servers.
+
+* A new audit section starts an audit (trigger spec-change); the measured curve
+  equals the test server's known curve exactly, lands in status and metrics,
+  and the control law uses it from the next tick.
+* The annotation ``stopbudget.io/audit-requested`` starts a manual audit and is
+  removed when it starts.
+* Real Prometheus evaluates a rule on the operator's own audit metric, real
+  Alertmanager routes the alert to the operator's webhook with the bearer token
+  from a file, and the operator runs an alert-triggered audit.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kopf.testing import KopfRunner
+
+from stopbudget import devservers
+from stopbudget.curve import wilson_lower
+from stopbudget.emulator import ThreadedCluster, emulated_cluster_in_thread
+from tests.openai_server import MODEL, Canned, ThreadedOpenAIServer, reply
+
+pytestmark = pytest.mark.servers
+
+NS = "serving"
+SP = ("stopbudget.io/v1alpha1", "StopPolicy")
+DEPLOY = ("apps/v1", "Deployment")
+OPERATOR = ["run", "-A", "--standalone", "-m", "stopbudget.handlers"]
+LADDER = [16, 32, 64, 128]
+
+
+def _golden() -> tuple[list[dict[str, Any]], dict[str, Canned], dict[int, int]]:
+    """40 questions: question i needs k_i tokens (cycling 10, 20, 40, 100); all answers right."""
+    needs = [10, 20, 40, 100]
+    items, replies = [], {}
+    for i in range(40):
+        question = f"What is {i} + {i}?"
+        answer = str(2 * i)
+        items.append({"question": question, "answer": answer})
+        replies[question] = reply(answer, needs[i % 4])
+    hits = {b: sum(1 for i in range(40) if needs[i % 4] <= b) for b in LADDER}
+    return items, replies, hits
+
+
+def _configmap(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "golden", "namespace": NS},
+        "data": {"golden.jsonl": "\n".join(json.dumps(i) for i in items) + "\n"},
+    }
+
+
+def _deployment() -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "vllm", "namespace": NS},
+        "spec": {
+            "selector": {"matchLabels": {"app": "vllm"}},
+            "template": {
+                "metadata": {"labels": {"app": "vllm"}},
+                "spec": {"containers": [{"name": "vllm", "image": "vllm"}]},
+            },
+        },
+    }
+
+
+def _policy(endpoint: str, **audit: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "stopbudget.io/v1alpha1",
+        "kind": "StopPolicy",
+        "metadata": {"name": "chat", "namespace": NS},
+        "spec": {
+            "targetRef": {"name": "vllm"},
+            "budget": {"min": 16, "max": 128, "sink": {"type": "env", "name": "MAX_TOKENS"}},
+            "quality": {"emTarget": 0.6, "emFloor": 0.4, "minSamples": 40},
+            "control": {"interval": "1s", "cooldown": "0s", "downscaleStabilization": "0s"},
+            "audit": {
+                "endpoint": endpoint,
+                "model": MODEL,
+                "dataset": {"configMapRef": {"name": "golden"}},
+                "budgets": LADDER,
+                "method": "truncate",
+                "sampleSize": 40,
+                "concurrency": 8,
+            }
+            | audit,
+        },
+    }
+
+
+def _status(obj: dict[str, Any] | None) -> dict[str, Any]:
+    return dict((obj or {}).get("status") or {})
+
+
+def _last_audit(result: str, trigger: str) -> Any:
+    def check(obj: dict[str, Any] | None) -> bool:
+        last = _status(obj).get("lastAudit") or {}
+        return bool(last.get("result") == result and last.get("trigger") == trigger)
+
+    return check
+
+
+def _metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[ThreadedCluster]:
+    with emulated_cluster_in_thread(tmp_path) as c:
+        yield c
+
+
+@pytest.fixture
+def model_server() -> Iterator[tuple[Any, dict[int, int], list[dict[str, Any]]]]:
+    items, replies, hits = _golden()
+    with ThreadedOpenAIServer(replies) as server:
+        yield server, hits, items
+
+
+def _env(
+    monkeypatch: pytest.MonkeyPatch,
+    cluster: ThreadedCluster,
+    prometheus_url: str,
+    metrics_port: int,
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+    monkeypatch.setenv("STOPBUDGET_PROMETHEUS_URL", prometheus_url)
+    monkeypatch.setenv("STOPBUDGET_BIND_ADDRESS", "127.0.0.1")
+    monkeypatch.setenv("STOPBUDGET_METRICS_PORT", str(metrics_port))
+    monkeypatch.delenv("STOPBUDGET_NAMESPACES", raising=False)
+
+
+def test_audit_measures_the_known_curve_and_the_law_uses_it(
+    cluster: ThreadedCluster,
+    model_server: tuple[Any, dict[int, int], list[dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server, hits, items = model_server
+    port = devservers.free_port()
+    _env(monkeypatch, cluster, "http://127.0.0.1:9", port)  # no signals: Prometheus unused
+    cluster.create(_deployment())
+    cluster.create(_configmap(items))
+    with KopfRunner(OPERATOR, timeout=60) as runner:
+        cluster.create(_policy(server.url))
+        obj = cluster.wait_for(*SP, NS, "chat", _last_audit("Succeeded", "spec-change"), within=30)
+        status = _status(obj)
+        assert status["curveSource"] == "audit"
+        measured = {p["budget"]: (round(p["em"] * p["n"]), p["n"]) for p in status["curve"]}
+        assert measured == {b: (hits[b], 40) for b in LADDER}
+        for point in status["curve"]:
+            expected = wilson_lower(hits[point["budget"]], 40, 0.95)
+            assert point["lower"] == pytest.approx(expected, abs=1e-6)
+        # One generation per question: truncate scores the whole ladder at once.
+        assert len(server.requests) == 40
+        # The law uses the audited curve: the cheapest budget with lower >= 0.6 is 64 (30/40).
+        obj = cluster.wait_for(*SP, NS, "chat", lambda o: _status(o).get("budget") == 64, within=20)
+        audited = next(c for c in _status(obj)["conditions"] if c["type"] == "Audited")
+        assert audited["status"] == "True"
+        text = _metrics(port)
+        assert 'stopbudget_audit_exact_match_ratio{budget="64",namespace="serving",' in text
+        assert (
+            'stopbudget_audit_runs_total{namespace="serving",result="Succeeded",'
+            'stoppolicy="chat",trigger="spec-change"} 1.0'
+        ) in text
+
+        # A manual request: the annotation starts an audit and is removed.
+        cluster.patch(
+            *SP,
+            NS,
+            "chat",
+            {"metadata": {"annotations": {"stopbudget.io/audit-requested": "please"}}},
+        )
+        obj = cluster.wait_for(*SP, NS, "chat", _last_audit("Succeeded", "manual"), within=30)
+        assert "stopbudget.io/audit-requested" not in (obj or {})["metadata"].get("annotations", {})
+        assert len(server.requests) == 80
+    assert runner.exception is None, runner.output
+    assert "AuditSucceeded" in runner.output
+
+
+def test_a_failed_audit_keeps_the_previous_curve(
+    cluster: ThreadedCluster,
+    model_server: tuple[Any, dict[int, int], list[dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server, _, items = model_server
+    _env(monkeypatch, cluster, "http://127.0.0.1:9", devservers.free_port())
+    cluster.create(_deployment())
+    cluster.create(_configmap(items[:10]))  # fewer answers than minSamples (40)
+    policy = _policy(server.url)
+    policy["spec"]["quality"]["prior"] = [{"budget": 128, "em": 0.9, "n": 1000}]
+    with KopfRunner(OPERATOR, timeout=60) as runner:
+        cluster.create(policy)
+        obj = cluster.wait_for(*SP, NS, "chat", _last_audit("Failed", "spec-change"), within=30)
+        status = _status(obj)
+        assert "budget 16: 10" in status["lastAudit"]["message"]
+        assert status["curveSource"] == "prior"
+        degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+        assert degraded["status"] == "True"
+    assert runner.exception is None, runner.output
+
+
+def test_alert_loop_with_real_prometheus_and_alertmanager(
+    cluster: ThreadedCluster,
+    model_server: tuple[Any, dict[int, int], list[dict[str, Any]]],
+    start_prometheus: Any,
+    start_alertmanager: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    server, _, items = model_server
+    metrics_port, webhook_port = devservers.free_port(), devservers.free_port()
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n", encoding="utf-8")
+    alertmanager = start_alertmanager(
+        webhook_url=f"http://127.0.0.1:{webhook_port}/alertmanager",
+        webhook_token="s3cret-token",
+    )
+    # A rule on the operator's own audit metric: EM at the smallest budget is low.
+    rules = """
+groups:
+  - name: stopbudget
+    rules:
+      - alert: StopPolicyEMLowAtSmallBudget
+        expr: stopbudget_audit_exact_match_ratio{budget="16"} < 0.5
+        labels: {severity: warning}
+"""
+    prometheus = start_prometheus(
+        jobs=("stopbudget",), rules={"stopbudget.yml": rules}, alertmanagers=[alertmanager.url]
+    )
+    prometheus.add_targets("stopbudget", "operator", [f"127.0.0.1:{metrics_port}"])
+    _env(monkeypatch, cluster, prometheus.url, metrics_port)
+    monkeypatch.setenv("STOPBUDGET_WEBHOOK_PORT", str(webhook_port))
+    monkeypatch.setenv("STOPBUDGET_WEBHOOK_TOKEN_FILE", str(token))
+    cluster.create(_deployment())
+    cluster.create(_configmap(items))
+    with KopfRunner(OPERATOR, timeout=90) as runner:
+        cluster.create(_policy(server.url))
+        cluster.wait_for(*SP, NS, "chat", _last_audit("Succeeded", "spec-change"), within=30)
+        # The rule fires on the audit's series; Alertmanager posts it to the webhook.
+        obj = cluster.wait_for(*SP, NS, "chat", _last_audit("Succeeded", "alert"), within=60)
+        status = _status(obj)
+        assert [a["alertname"] for a in status["alerts"]] == ["StopPolicyEMLowAtSmallBudget"]
+        firing = next(c for c in status["conditions"] if c["type"] == "AlertFiring")
+        assert firing["status"] == "True"
+        text = _metrics(metrics_port)
+        assert (
+            'stopbudget_audit_runs_total{namespace="serving",result="Succeeded",'
+            'stoppolicy="chat",trigger="alert"} 1.0'
+        ) in text
+        assert 'stopbudget_alertmanager_alerts_total{outcome="triggered",status="firing"}' in text
+    assert runner.exception is None, runner.output
