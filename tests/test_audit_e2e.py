@@ -258,3 +258,108 @@ groups:
         ) in text
         assert 'stopbudget_alertmanager_alerts_total{outcome="triggered",status="firing"}' in text
     assert runner.exception is None, runner.output
+
+
+def _post_alert(port: int, token: str, starts_at: str) -> int:
+    payload = {
+        "version": "4",
+        "groupKey": '{}:{alertname="StopPolicyEMBelowFloor"}',
+        "status": "firing",
+        "receiver": "stopbudget",
+        "groupLabels": {"alertname": "StopPolicyEMBelowFloor"},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager:9093",
+        "truncatedAlerts": 0,
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": {
+                    "alertname": "StopPolicyEMBelowFloor",
+                    "stoppolicy": "chat",
+                    "namespace": NS,
+                },
+                "annotations": {},
+                "startsAt": starts_at,
+                "endsAt": "0001-01-01T00:00:00Z",
+                "generatorURL": "http://prometheus:9090/graph",
+                "fingerprint": "c0ffee0123456789",
+            }
+        ],
+    }
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/alertmanager",
+        data=json.dumps(payload).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return int(response.status)
+
+
+def test_alert_dedupe_survives_an_operator_restart(
+    cluster: ThreadedCluster,
+    model_server: tuple[Any, dict[int, int], list[dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    server, _, items = model_server
+    webhook_port = devservers.free_port()
+    token = tmp_path / "token"
+    token.write_text("t0ken", encoding="utf-8")
+    metrics_port = devservers.free_port()
+    _env(monkeypatch, cluster, "http://127.0.0.1:9", metrics_port)
+    monkeypatch.setenv("STOPBUDGET_WEBHOOK_PORT", str(webhook_port))
+    monkeypatch.setenv("STOPBUDGET_WEBHOOK_TOKEN_FILE", str(token))
+    cluster.create(_deployment())
+    cluster.create(_configmap(items))
+    starts_at = "2026-11-23T10:00:00Z"
+    with KopfRunner(OPERATOR, timeout=60) as runner:
+        cluster.create(_policy(server.url))
+        cluster.wait_for(*SP, NS, "chat", _last_audit("Succeeded", "spec-change"), within=30)
+        assert _post_alert(webhook_port, "t0ken", starts_at) == 202
+        obj = cluster.wait_for(*SP, NS, "chat", _last_audit("Succeeded", "alert"), within=30)
+        first_alert_audit = _status(obj)["lastAudit"]["time"]
+    assert runner.exception is None, runner.output
+    requests_before = len(server.requests)
+    stopped = _status(cluster.get(*SP, NS, "chat"))["lastEvaluationTime"]
+
+    with KopfRunner(OPERATOR, timeout=60) as runner:
+        # The same alert again (an HA twin, or a repeat) after the restart: deduplicated.
+        # First the new process ticks once, so the webhook knows the policy.
+        cluster.wait_for(
+            *SP, NS, "chat", lambda o: _status(o).get("lastEvaluationTime", "") > stopped, within=20
+        )
+
+        def accepted() -> bool:
+            try:
+                return _post_alert(webhook_port, "t0ken", starts_at) == 202
+            except OSError:  # not listening yet
+                return False
+
+        devservers.wait_until(accepted, timeout=20, what="the webhook to accept")
+        stamp = _status(cluster.get(*SP, NS, "chat"))["lastEvaluationTime"]
+        cluster.wait_for(
+            *SP, NS, "chat", lambda o: _status(o).get("lastEvaluationTime", "") > stamp, within=20
+        )
+        status = _status(cluster.get(*SP, NS, "chat"))
+        assert status["lastAudit"]["time"] == first_alert_audit
+        assert len(server.requests) == requests_before
+        assert (
+            'stopbudget_alertmanager_alerts_total{outcome="duplicate",status="firing"} 1.0'
+            in _metrics(metrics_port)
+        )
+        # A new occurrence (another startsAt) does trigger.
+        assert _post_alert(webhook_port, "t0ken", "2026-11-23T11:00:00Z") == 202
+        obj = cluster.wait_for(
+            *SP,
+            NS,
+            "chat",
+            lambda o: (
+                _status(o).get("lastAudit", {}).get("time") != first_alert_audit
+                and _status(o).get("lastAudit", {}).get("result") == "Succeeded"
+            ),
+            within=30,
+        )
+        assert _status(obj)["lastAudit"]["trigger"] == "alert"
+    assert runner.exception is None, runner.output
