@@ -137,12 +137,20 @@ def parser() -> argparse.ArgumentParser:
 
     simulate_command.add_parser(sub)
 
+    from stopbudget import demo
+
+    demo.add_parser(sub)
+
     return top
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        args = parser().parse_args(argv)
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     return code
 
 

@@ -22,7 +22,8 @@ The steps, in order (VPA-style: an estimator, then post-processors):
 4. Quality guard: live EM below the floor -> up (to ``b_target``, or to ``max``
    when already there) at once, and an audit is requested. A firing alert with
    ``raiseBudgetOnFiring`` raises to ``b_target`` at once too.
-5. Stability: quantise up to ``step``; ignore changes within ``tolerance``; go
+5. Stability: quantise up to ``step``; ignore changes within ``tolerance``
+   (except the last step onto ``b_target``); go
    down only to the highest recommendation of the ``downscaleStabilization``
    window, at most ``maxStepDown`` at a time; up at most ``maxStepUp`` at a
    time; no patch of a pod-restarting sink within ``cooldown``. A raise for
@@ -331,7 +332,9 @@ def decide(
         return result(recommended, rule, f"{reason}; {current} -> {recommended}")
 
     def within_tolerance(value: int) -> Decision | None:
-        if abs(value - current) > control.tolerance * current:
+        # The EM-target budget itself is always reached: a last step smaller than the
+        # tolerance would otherwise leave the budget just short of the target for good.
+        if abs(value - current) > control.tolerance * current or value == b_target:
             return None
         return result(
             current,

@@ -129,7 +129,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await runner.cleanup()
 
 
-@kopf.daemon(*RESOURCE, cancellation_timeout=10.0)
+@kopf.daemon(*RESOURCE, cancellation_backoff=1.0, cancellation_timeout=10.0)
 async def control_loop(
     namespace: str | None,
     name: str,
@@ -160,7 +160,7 @@ async def control_loop(
         for event in result.events:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
             logger.info("%s: %s", event.reason, event.message)
-        await runtime.sleep(result.interval, lambda: bool(stopped))
+        await runtime.sleep(result.interval, stopped.wait)
 
 
 @kopf.on.update(*RESOURCE, field="spec")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -89,13 +89,19 @@ class Runtime:
     def auditing(self) -> bool:
         return self.audit_task is not None and not self.audit_task.done()
 
-    async def sleep(self, seconds: float, stopped: Callable[[], bool]) -> None:
-        """Wait ``seconds`` or until woken (spec change, alert, finished audit)."""
-        if stopped():
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.wake.wait(), timeout=max(0.0, seconds))
-        self.wake.clear()
+    async def sleep(
+        self, seconds: float, stopping: Callable[[], Awaitable[object]] | None = None
+    ) -> None:
+        """Wait ``seconds``, or until woken (spec change, alert, finished audit) or stopping."""
+        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self.wake.wait())]
+        if stopping is not None:
+            waits.append(asyncio.ensure_future(stopping()))
+        try:
+            await asyncio.wait(waits, timeout=max(0.0, seconds), return_when="FIRST_COMPLETED")
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+            self.wake.clear()
 
     async def stop_audit(self) -> None:
         task, self.audit_task = self.audit_task, None
