@@ -453,3 +453,14 @@ def test_tolerance_never_keeps_the_budget_just_short_of_the_target() -> None:
     held = decide(spec, _curve(), _load(0.98), State(budget=480), NOW)  # headroom 490
     assert held.budget == 480
     assert held.rule == Rule.TOLERANCE
+
+
+def test_first_tick_offsets_are_stable_spread_and_bounded() -> None:
+    from stopbudget.reconcile import first_delay
+
+    spec = {"control": {"interval": "30s"}}
+    delays = [first_delay("serving", f"policy-{i}", spec) for i in range(200)]
+    assert all(0 <= d < 15 for d in delays)
+    assert delays == [first_delay("serving", f"policy-{i}", spec) for i in range(200)]
+    assert max(delays) - min(delays) > 10  # spread over the half interval
+    assert first_delay("serving", "p", {"control": {"interval": "soon"}}) < 15

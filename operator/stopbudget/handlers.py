@@ -87,8 +87,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     metrics = OperatorMetrics()
     services = reconcile.Services(
         settings=config,
-        kube=Kube.connect(),
-        reader=PrometheusReader(config, metrics, window=config.query_window),
+        kube=Kube.connect(workers=config.kube_workers),
+        reader=PrometheusReader(
+            config,
+            metrics,
+            window=config.query_window,
+            max_concurrency=config.prometheus_max_concurrency,
+        ),
         metrics=metrics,
         audit_slots=asyncio.Semaphore(config.max_concurrent_audits),
     )
@@ -144,6 +149,11 @@ async def control_loop(
     assert namespace is not None  # StopPolicy is namespaced
     services: reconcile.Services = memo["services"]
     runtime = services.runtime(namespace, name)
+    if (body.get("status") or {}).get("lastEvaluationTime"):
+        # An operator restart starts every daemon at once: spread the first ticks of
+        # existing policies so they do not stay in step. A new policy ticks at once.
+        delay = reconcile.first_delay(namespace, name, body.get("spec", {}))
+        await runtime.sleep(delay, stopped.wait)
     while not stopped:
         result = await reconcile.tick(
             services, runtime, meta, body.get("spec", {}), body.get("status")

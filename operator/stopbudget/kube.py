@@ -13,10 +13,12 @@ The reasons:
   connection pool: the pool keeps one connection per worker thread
   (``connection_pool_maxsize = workers``), so no connection is discarded and
   re-opened under load ("Connection pool is full");
-* sizing for hundreds of policies: each call is one short request (a few
-  milliseconds); with 1,000 policies at a 30 s interval a tick costs about
-  two requests per policy, ~70 requests per second, which 16 workers carry
-  with a wide margin (:data:`DEFAULT_WORKERS`; configurable).
+* sizing for hundreds of policies: a tick makes two requests (a GET of the
+  target, a status PATCH). Measured (``make bench-operator``), a call holds its
+  worker 10-20 ms at 100 policies and 80-110 ms when the process is busy (the
+  GIL, not the network), so 16 workers carry about 80-100 ticks/s: 1,000
+  policies need an interval of 15 s or more per operator process
+  (:data:`DEFAULT_WORKERS`; ``STOPBUDGET_KUBE_WORKERS``).
 
 Objects are returned as plain dicts exactly as the API server sent them (the
 response body is decoded as JSON, not turned into client models), which is what

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -193,6 +194,20 @@ def _status_of(raw: Mapping[str, Any] | None) -> api.StopPolicyStatus:
     except ValidationError as exc:
         log.warning("status is not readable, starting from a fresh one: %s", exc)
         return api.StopPolicyStatus()
+
+
+def first_delay(namespace: str, name: str, raw_spec: Mapping[str, Any]) -> float:
+    """A stable offset in [0, interval/2) for a policy's first tick, from its name.
+
+    So that hundreds of policies started together (an operator restart) do not
+    tick in step for ever; stable, so a restart does not reshuffle them.
+    """
+    try:
+        interval = api.parse_duration(str(raw_spec.get("control", {}).get("interval", "30s")))
+    except ValueError:
+        interval = timedelta(seconds=DEFAULT_INTERVAL)
+    spread = zlib.crc32(f"{namespace}/{name}".encode()) / 2**32
+    return spread * interval.total_seconds() / 2
 
 
 def paused_by_annotation(annotations: Mapping[str, str]) -> bool:
@@ -644,9 +659,10 @@ def _export_spec(metrics: OperatorMetrics, ns: str, name: str, spec: api.StopPol
     metrics.em_target.labels(ns, name).set(spec.quality.em_target)
     metrics.em_floor.labels(ns, name).set(spec.quality.em_floor)
     # Counters an alert takes increase() of must exist at 0 before their first increment.
-    for trigger in api.AuditTrigger:
-        for result in (api.AuditResult.SUCCEEDED, api.AuditResult.FAILED):
-            metrics.audit_runs.labels(ns, name, trigger.value, result.value)
+    if spec.audit is not None:
+        for trigger in api.AuditTrigger:
+            for result in (api.AuditResult.SUCCEEDED, api.AuditResult.FAILED):
+                metrics.audit_runs.labels(ns, name, trigger.value, result.value)
     for reason in ("conflict", "api"):
         metrics.patch_errors.labels(ns, name, reason)
 
