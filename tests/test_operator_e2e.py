@@ -394,3 +394,53 @@ def test_prometheus_down_is_fallback_and_recovers(
         cluster.wait_for(*SP, NS, "chat", has_status(budget=256), within=30)
     _finished(runner)
     assert os.environ["STOPBUDGET_PROMETHEUS_URL"] == prom.url
+
+
+@pytest.mark.parametrize(
+    ("audit", "field"),
+    [
+        ({"schedule": "61 * * * *"}, "spec.audit.schedule"),
+        ({"answerPattern": "(unclosed"}, "spec.audit.answerPattern"),
+    ],
+)
+def test_what_cel_cannot_check_is_an_invalid_spec_condition(
+    operator_env: ThreadedCluster,
+    make_exporter: Callable[..., EngineExporter],
+    audit: dict[str, str],
+    field: str,
+) -> None:
+    cluster = operator_env
+    exporter = make_exporter()
+    cluster.create(deployment("vllm"))
+    before = cluster.get(*DEPLOY, NS, "vllm")
+    policy = stoppolicy("chat", "vllm", exporter.model_name)
+    policy["spec"]["audit"] = {
+        "endpoint": "http://vllm:8000",
+        "model": "m",
+        "dataset": {"configMapRef": {"name": "golden"}},
+        "budgets": [128, 512],
+    } | audit
+    with run_operator() as runner:
+        cluster.create(policy)
+        obj = cluster.wait_for(
+            *SP,
+            NS,
+            "chat",
+            lambda o: (condition(o, "Ready") or {}).get("reason") == "InvalidSpec",
+            within=20,
+        )
+        ready = condition(obj, "Ready")
+        assert ready is not None
+        assert ready["status"] == "False"
+        assert field in ready["message"]
+        first = obj["status"]["lastEvaluationTime"]  # type: ignore[index]
+        cluster.wait_for(
+            *SP,
+            NS,
+            "chat",
+            lambda o: ((o or {}).get("status") or {}).get("lastEvaluationTime") != first,
+            within=20,
+        )
+        assert cluster.get(*DEPLOY, NS, "vllm") == before
+    _finished(runner)
+    assert runner.output.count("InvalidSpec:") == 1  # one Event, not one per tick

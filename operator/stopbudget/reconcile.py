@@ -29,7 +29,7 @@ import logging
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -196,18 +196,25 @@ def _status_of(raw: Mapping[str, Any] | None) -> api.StopPolicyStatus:
         return api.StopPolicyStatus()
 
 
+def _raw_interval(raw_spec: Mapping[str, Any]) -> float:
+    """``control.interval`` in seconds from a spec that may be invalid; 30 s if unreadable."""
+    control_ = raw_spec.get("control")
+    raw = control_.get("interval", "30s") if isinstance(control_, Mapping) else "30s"
+    try:
+        seconds = api.parse_duration(str(raw)).total_seconds()
+    except ValueError:
+        return DEFAULT_INTERVAL
+    return seconds if 1.0 <= seconds <= 3600.0 else DEFAULT_INTERVAL
+
+
 def first_delay(namespace: str, name: str, raw_spec: Mapping[str, Any]) -> float:
     """A stable offset in [0, interval/2) for a policy's first tick, from its name.
 
     So that hundreds of policies started together (an operator restart) do not
     tick in step for ever; stable, so a restart does not reshuffle them.
     """
-    try:
-        interval = api.parse_duration(str(raw_spec.get("control", {}).get("interval", "30s")))
-    except ValueError:
-        interval = timedelta(seconds=DEFAULT_INTERVAL)
     spread = zlib.crc32(f"{namespace}/{name}".encode()) / 2**32
-    return spread * interval.total_seconds() / 2
+    return spread * _raw_interval(raw_spec) / 2
 
 
 def paused_by_annotation(annotations: Mapping[str, str]) -> bool:
@@ -254,11 +261,8 @@ async def _tick(
         spec = api.StopPolicySpec.model_validate(dict(raw_spec))
     except ValidationError as exc:
         problems = "; ".join(f"spec.{p}: {m}" for p, m in api.problems_of(exc))
-        if (
-            not conditions.find(conds, C.READY)
-            or conditions.is_true(conds, C.READY)
-            or ((c := conditions.find(conds, C.READY)) is not None and c.reason != "InvalidSpec")
-        ):
+        was = conditions.find(conds, C.READY)
+        if was is None or was.reason != "InvalidSpec":  # once, not every tick
             events.append(Event("Warning", "InvalidSpec", problems))
         cond(C.READY, False, "InvalidSpec", problems)
         status = status.model_copy(
@@ -268,7 +272,8 @@ async def _tick(
                 "last_evaluation_time": now,
             }
         )
-        return TickResult(_dump(status, old), tuple(events), DEFAULT_INTERVAL)
+        # A fix of the spec wakes the loop at once; meanwhile keep the policy's pace.
+        return TickResult(_dump(status, old), tuple(events), _raw_interval(raw_spec))
     interval = spec.control.interval.total_seconds()
     _export_spec(services.metrics, ns, name, spec)
 
@@ -739,7 +744,3 @@ async def restore(
         return "nothing to restore: the sink already holds its original value"
     await services.kube.apply(namespace, patch)
     return f"restored {patch.summary}"
-
-
-#: How long a deleted policy's restore is retried before the finalizer is released.
-RESTORE_RETRY = timedelta(seconds=5)
