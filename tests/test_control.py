@@ -455,12 +455,11 @@ def test_tolerance_never_keeps_the_budget_just_short_of_the_target() -> None:
     assert held.rule == Rule.TOLERANCE
 
 
-def test_first_tick_offsets_are_stable_spread_and_bounded() -> None:
-    from stopbudget.reconcile import first_delay
-
-    spec = {"control": {"interval": "30s"}}
-    delays = [first_delay("serving", f"policy-{i}", spec) for i in range(200)]
-    assert all(0 <= d < 15 for d in delays)
-    assert delays == [first_delay("serving", f"policy-{i}", spec) for i in range(200)]
-    assert max(delays) - min(delays) > 10  # spread over the half interval
-    assert first_delay("serving", "p", {"control": {"interval": "soon"}}) < 15
+def test_firing_alert_raise_skips_cooldown_without_load_too() -> None:
+    # Found by hypothesis: at pressure 0 the law already aims at b_target, and the
+    # raise must still skip the cooldown, or less load would mean a lower budget.
+    spec = _spec(**{"control.cooldown": "1h"})
+    state = State(budget=256, last_patch_time=NOW - timedelta(seconds=1))
+    d = decide(spec, _curve(), IDLE, state, NOW, raise_for_alert=True)
+    assert d.budget == 512
+    assert d.rule == Rule.ALERT

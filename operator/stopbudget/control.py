@@ -284,7 +284,7 @@ def decide(
                 why = f"EM-target budget {b_target}"
             raw, rule, quality_raise, request_audit = float(guard), Rule.QUALITY_GUARD, True, True
             reason = f"live EM {_fmt(em)} < floor {_fmt(quality.em_floor)}: raising to {why}"
-        elif raise_for_alert and b_target > (current or 0) and b_target > raw:
+        elif raise_for_alert and b_target > (current or 0):
             raw, rule, quality_raise = float(b_target), Rule.ALERT, True
             reason = f"alert firing: raising to the EM-target budget {b_target}"
 
