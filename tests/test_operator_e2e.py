@@ -119,6 +119,19 @@ def has_status(**wanted: Any) -> Callable[[dict[str, Any] | None], bool]:
     return check
 
 
+def wait_for_another_tick(cluster: ThreadedCluster, seen: dict[str, Any] | None) -> None:
+    """Wait until the operator has evaluated the policy again since ``seen``."""
+    assert seen is not None
+    first = seen["status"]["lastEvaluationTime"]
+    cluster.wait_for(
+        *SP,
+        NS,
+        "chat",
+        lambda o: ((o or {}).get("status") or {}).get("lastEvaluationTime") != first,
+        within=20,
+    )
+
+
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[ThreadedCluster]:
     with emulated_cluster_in_thread(tmp_path) as c:
@@ -256,14 +269,7 @@ def test_recommend_and_paused_never_patch(
                 lambda o: (condition(o, "Paused") or {}).get("status") == "True",
                 within=20,
             )
-            first = obj["status"]["lastEvaluationTime"]  # type: ignore[index]
-            cluster.wait_for(
-                *SP,
-                NS,
-                "chat",
-                lambda o: ((o or {}).get("status") or {}).get("lastEvaluationTime") != first,
-                within=20,
-            )
+            wait_for_another_tick(cluster, obj)
         after = cluster.get(*DEPLOY, NS, "vllm")
         assert after == before
         if how == "annotation":  # un-pausing resumes control
@@ -433,14 +439,7 @@ def test_what_cel_cannot_check_is_an_invalid_spec_condition(
         assert ready is not None
         assert ready["status"] == "False"
         assert field in ready["message"]
-        first = obj["status"]["lastEvaluationTime"]  # type: ignore[index]
-        cluster.wait_for(
-            *SP,
-            NS,
-            "chat",
-            lambda o: ((o or {}).get("status") or {}).get("lastEvaluationTime") != first,
-            within=20,
-        )
+        wait_for_another_tick(cluster, obj)
         assert cluster.get(*DEPLOY, NS, "vllm") == before
     _finished(runner)
     assert runner.output.count("InvalidSpec:") == 1  # one Event, not one per tick

@@ -55,11 +55,6 @@ def find(conditions: Iterable[Condition], type_: ConditionType) -> Condition | N
     return next((c for c in conditions if c.type == type_.value), None)
 
 
-def is_true(conditions: Iterable[Condition], type_: ConditionType) -> bool:
-    found = find(conditions, type_)
-    return found is not None and found.status == ConditionStatus.TRUE
-
-
 def _ordered(conditions: list[Condition]) -> list[Condition]:
     rank = {t.value: i for i, t in enumerate(ORDER)}
     return sorted(conditions, key=lambda c: (rank.get(c.type, len(rank)), c.type))

@@ -683,12 +683,11 @@ def _export_tick(
     em_point: curve.Point | None,
 ) -> None:
     def gauge(metric: Any, value: float | None, *labels: str) -> None:
-        child = metric.labels(ns, name, *labels)
-        if value is None:
+        if value is None:  # no value: no series (not a stale one, not a 0)
             with contextlib.suppress(KeyError):
                 metric.remove(ns, name, *labels)
         else:
-            child.set(value)
+            metric.labels(ns, name, *labels).set(value)
 
     gauge(metrics.budget, status.budget)
     if status.budget is not None:
