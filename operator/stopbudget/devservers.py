@@ -29,13 +29,13 @@ rather than a minute later.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -109,8 +109,12 @@ def http_json(
     *,
     timeout: float = 5.0,
     headers: Mapping[str, str] | None = None,
+    context: ssl.SSLContext | None = None,
 ) -> Any:
-    """One HTTP call to a local server; the parsed JSON answer (None for an empty body)."""
+    """One HTTP call to a local server; the parsed JSON answer (None for an empty body).
+
+    ``context`` verifies an https server (see :meth:`DevPrometheus.ssl_context`).
+    """
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"not an http URL: {url}")
     data = None if body is None else json.dumps(body).encode()
@@ -120,7 +124,9 @@ def http_json(
     if data is not None:
         request.add_header("Content-Type", "application/json")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        with urllib.request.urlopen(  # noqa: S310
+            request, timeout=timeout, context=context
+        ) as response:
             raw = response.read()
     except urllib.error.HTTPError as exc:
         with exc:
@@ -128,7 +134,12 @@ def http_json(
         raise ServerError(f"{method} {url}: HTTP {exc.code}: {detail}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise ServerError(f"{method} {url}: {exc}") from None
-    return json.loads(raw) if raw.strip() else None
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:  # a plain-text answer (``/-/ready``): its text
+        return raw.decode(errors="replace")
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -232,13 +243,22 @@ class _Server:
         )
 
     def _ready(self) -> bool:
+        """Whether the server answers the way the tests use it (raises if it exited)."""
         if self._process is not None and self._process.poll() is not None:
             raise ServerError(f"exited with code {self._process.returncode}")
         try:
-            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1.0) as resp:  # noqa: S310
-                return bool(resp.status == 200)
-        except (urllib.error.URLError, OSError):
+            return self._serves()
+        except (ServerError, urllib.error.URLError, OSError, ValueError):
             return False
+
+    def _serves(self) -> bool:
+        """``/-/ready`` answers 200 over its own scheme and CA; subclasses add a real call."""
+        http_json("GET", f"{self.url}/-/ready", timeout=1.0, context=self.ssl_context())
+        return True
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """What verifies this server's certificate; None for plain http."""
+        return None
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the process by its PID: SIGTERM, wait, then SIGKILL. Keeps the directory."""
@@ -283,7 +303,8 @@ class DevPrometheus(_Server):
     ``sd/<job>/`` (see :meth:`add_targets`).  ``rules`` maps a file name to the
     text of a rule file; :meth:`set_rules` adds more while running.
     ``alertmanagers`` are base URLs (more with :meth:`set_alertmanagers`).
-    ``web_config`` is the content of ``--web.config.file`` (TLS, basic auth).
+    ``web_config`` is the content of ``--web.config.file`` (TLS, basic auth);
+    ``ca_file`` verifies its certificate (default: the self-signed ``cert_file``).
     """
 
     binary_name = PROMETHEUS
@@ -299,6 +320,7 @@ class DevPrometheus(_Server):
         rules: Mapping[str, str] | None = None,
         alertmanagers: Sequence[str] = (),
         web_config: Mapping[str, Any] | None = None,
+        ca_file: Path | None = None,
         extra_args: Sequence[str] = (),
         binary: str | None = None,
         ready_timeout: float = 30.0,
@@ -311,9 +333,9 @@ class DevPrometheus(_Server):
         self.alert_resend_delay = alert_resend_delay
         self.web_config = dict(web_config) if web_config is not None else None
         self.extra_args = tuple(extra_args)
-        self._scheme = (
-            "https" if self.web_config and "tls_server_config" in self.web_config else "http"
-        )
+        tls = (self.web_config or {}).get("tls_server_config")
+        self._scheme = "https" if tls else "http"
+        self.ca_file = ca_file or (Path(tls["cert_file"]) if tls and "cert_file" in tls else None)
         for job in self.jobs:
             (self.dir / "sd" / job).mkdir(parents=True, exist_ok=True)
         (self.dir / "sd" / "alertmanagers").mkdir(parents=True, exist_ok=True)
@@ -381,15 +403,16 @@ class DevPrometheus(_Server):
             args.append(f"--web.config.file={self.dir / 'web.yml'}")
         return [*args, *self.extra_args]
 
-    def _ready(self) -> bool:
+    def ssl_context(self) -> ssl.SSLContext | None:
         if self._scheme == "http":
-            return super()._ready()
-        # Behind TLS: ready once the port accepts connections (the caller holds the CA).
-        if self._process is not None and self._process.poll() is not None:
-            raise ServerError(f"exited with code {self._process.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection((HOST, self.port), 1.0):
-            return True
-        return False
+            return None
+        return ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+
+    def _serves(self) -> bool:
+        # /-/ready answers 503 until the TSDB is open; then a real query, over the same
+        # scheme and CA the tests use (a TLS port that accepts connections is not enough).
+        super()._serves()
+        return bool(self.query("vector(1)")["result"])
 
     # -- targets
     def add_targets(
@@ -442,13 +465,17 @@ class DevPrometheus(_Server):
 
     def reload(self) -> None:
         """Re-read the configuration and rule files (``POST /-/reload``); raises on a bad file."""
-        http_json("POST", f"{self.url}/-/reload")
+        http_json("POST", f"{self.url}/-/reload", context=self.ssl_context())
 
     # -- queries, for tests and the demo
     def api(self, path: str, **params: str) -> Any:
         """``GET /api/v1/<path>``; the ``data`` of a successful answer."""
         query = urllib.parse.urlencode(params)
-        answer = http_json("GET", f"{self.url}/api/v1/{path}" + (f"?{query}" if query else ""))
+        answer = http_json(
+            "GET",
+            f"{self.url}/api/v1/{path}" + (f"?{query}" if query else ""),
+            context=self.ssl_context(),
+        )
         if not isinstance(answer, dict) or answer.get("status") != "success":
             raise ServerError(f"/api/v1/{path}: {answer!r}")
         return answer["data"]
@@ -544,6 +571,12 @@ class DevAlertmanager(_Server):
             "--cluster.listen-address=",  # no gossip port on 0.0.0.0
             "--log.level=warn",
         ]
+
+    def _serves(self) -> bool:
+        # Ready, and its API answers with the configuration it routes by.
+        super()._serves()
+        status = http_json("GET", f"{self.url}/api/v2/status", timeout=1.0)
+        return isinstance(status, dict) and bool((status.get("config") or {}).get("original"))
 
     def post_alerts(self, alerts: Sequence[Mapping[str, Any]]) -> None:
         """Push alerts as Prometheus does (``POST /api/v2/alerts``)."""
