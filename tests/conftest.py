@@ -5,12 +5,21 @@ import copy
 import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
-from stopbudget import devservers
+from stopbudget import devkube, devservers
+from stopbudget.emulator import emulated_cluster_in_thread
 from stopbudget.exporter import ENGINES, EngineExporter
+from tests.clusters import (
+    ApiServerCluster,
+    Cluster,
+    EmulatedCluster,
+    RealServer,
+    install_operator_identity,
+)
 
 # A minimal valid StopPolicy; tests copy and change it.
 MINIMAL: dict[str, Any] = {
@@ -185,3 +194,49 @@ def start_alertmanager() -> Iterator[Callable[..., devservers.DevAlertmanager]]:
     yield start
     for am in started:
         am.close()
+
+
+# --------------------------------------------------------------------------- Kubernetes
+# End-to-end tests take `cluster` and run on both backends: kmock's emulator and the
+# real kube-apiserver from shared/k8s (tests/clusters.py). The real server is started
+# once per session; each test gets a fresh namespace there.
+
+BACKENDS = [
+    pytest.param("kmock", id="kmock"),
+    pytest.param("apiserver", id="apiserver", marks=pytest.mark.apiserver),
+]
+
+
+def require_real_apiserver() -> None:
+    """Skip the calling test, naming what is missing, when no real API server can run."""
+    lacking = devkube.missing() + devservers.missing_binaries(devkube.KUBECTL)
+    if lacking:
+        pytest.skip(
+            f"the real kube-apiserver needs {', '.join(lacking)}: it is in shared/k8s "
+            "(CI has it; set STOPBUDGET_K8S_DIR) and `make test` installs etcd-server"
+        )
+
+
+@pytest.fixture(scope="session")
+def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealServer]:
+    """The real kube-apiserver with the CRD applied by kubectl and the chart's
+    ServiceAccount and RBAC; the operator authenticates as that ServiceAccount."""
+    require_real_apiserver()
+    directory = tmp_path_factory.mktemp("apiserver")
+    with devkube.DevKubeApiServer(workdir=directory / "server") as server:
+        yield install_operator_identity(server, directory)
+
+
+@pytest.fixture(params=BACKENDS)
+def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+    """One test's Kubernetes, on each backend (see tests/clusters.py)."""
+    if request.param == "kmock":
+        with emulated_cluster_in_thread(tmp_path) as threaded:
+            yield EmulatedCluster(threaded)
+        return
+    real: RealServer = request.getfixturevalue("real_server")
+    namespace = real.fresh_namespace()
+    try:
+        yield ApiServerCluster(real, namespace)
+    finally:
+        real.remove_policies(namespace)

@@ -1,8 +1,11 @@
-"""Small pure helpers of the reconcile layer (the tick itself is tested end to end)."""
+"""Small helpers of the reconcile layer (the tick itself is tested end to end)."""
 
 from __future__ import annotations
 
-from stopbudget.reconcile import _raw_interval, first_delay
+import pytest
+
+from stopbudget import api
+from stopbudget.reconcile import _dump, _raw_interval, first_delay, read_status
 
 
 def test_first_tick_offsets_are_stable_spread_and_bounded() -> None:
@@ -19,3 +22,51 @@ def test_interval_of_a_spec_that_may_be_invalid() -> None:
     assert _raw_interval({"control": {"interval": "0s"}}) == 30.0  # out of bounds
     assert _raw_interval({"control": "nonsense"}) == 30.0
     assert _raw_interval({}) == 30.0
+
+
+# ------------------------------------------------------------------ the status as stored
+
+STORED = {
+    "budget": 256,
+    "originalValue": {"present": True, "value": "2048"},
+    "failures": 2,
+    "history": [{"time": "2026-01-01T00:00:00Z", "budget": 256}],
+    "lastPatchTime": "2026-01-01T00:00:00Z",
+    "signals": {"queue": 3.5},
+}
+
+
+@pytest.mark.parametrize(
+    ("broken", "value"),
+    [
+        ("signals", {"queue": None}),  # a merge patch's null, read back as status
+        ("curve", [{"budget": 128, "em": 0.5}]),  # a point this version cannot read
+        ("conditions", "nonsense"),
+        ("futureField", {"from": "a newer operator"}),
+    ],
+)
+def test_an_unreadable_field_costs_that_field_only(broken: str, value: object) -> None:
+    stored = read_status({**STORED, broken: value})
+    assert stored.unreadable == {broken}
+    status = stored.status
+    assert status.original_value == api.OriginalValue(present=True, value="2048")
+    assert status.failures == 2
+    assert status.budget == 256
+    assert [h.budget for h in status.history] == [256]
+    assert status.last_patch_time is not None
+    # Written back, the unreadable field is left as stored: never erased.
+    assert broken not in _dump(status, stored)
+    assert _dump(status, stored)["originalValue"] == {"present": True, "value": "2048"}
+
+
+def test_each_unreadable_field_is_dropped_and_nothing_else() -> None:
+    stored = read_status({"budget": "many", "failures": -1})
+    assert stored.unreadable == {"budget", "failures"}
+    assert stored.status.budget is None
+    assert read_status(None).status == api.StopPolicyStatus()
+
+
+def test_removed_signals_are_deleted_by_the_patch_and_absent_when_read_back() -> None:
+    stored = read_status(STORED)
+    body = _dump(stored.status.model_copy(update={"signals": {}}), stored)
+    assert body["signals"] == {"queue": None}

@@ -159,8 +159,9 @@ async def control_loop(
             services, runtime, meta, body.get("spec", {}), body.get("status")
         )
         try:
-            await services.kube.patch_policy_status(namespace, name, result.status)
-            runtime.status = result.status
+            stored = await services.kube.patch_policy_status(namespace, name, result.status)
+            # What the API server stored (the merge patch applied), never the patch body.
+            runtime.status = dict(stored.get("status") or {})
             if result.remove_audit_annotation:
                 await services.kube.remove_policy_annotation(namespace, name)
         except TargetNotFound:

@@ -187,13 +187,34 @@ def _parse_time(value: object) -> datetime | None:
     return None
 
 
-def _status_of(raw: Mapping[str, Any] | None) -> api.StopPolicyStatus:
-    """The stored status; fields the model cannot read are dropped, never fatal."""
-    try:
-        return api.StopPolicyStatus.model_validate(dict(raw or {}))
-    except ValidationError as exc:
-        log.warning("status is not readable, starting from a fresh one: %s", exc)
-        return api.StopPolicyStatus()
+@dataclass(frozen=True)
+class StoredStatus:
+    """The status as stored, read field by field."""
+
+    status: api.StopPolicyStatus
+    #: Top-level fields the model could not read: dropped here, and never written back
+    #: (so a field this version cannot read is kept as stored, not erased).
+    unreadable: frozenset[str] = frozenset()
+
+
+def read_status(raw: Mapping[str, Any] | None) -> StoredStatus:
+    """The stored status; a field the model cannot read costs that field, never the others."""
+    data = dict(raw or {})
+    unreadable: set[str] = set()
+    while True:
+        try:
+            status = api.StopPolicyStatus.model_validate(data)
+        except ValidationError as exc:
+            bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]} & data.keys()
+            if not bad:  # not attributable to a field (the status is not an object)
+                log.warning("status is not readable, starting from a fresh one: %s", exc)
+                return StoredStatus(api.StopPolicyStatus(), frozenset(data))
+            log.warning("status fields %s are not readable, kept as stored: %s", sorted(bad), exc)
+            unreadable |= bad
+            for key in bad:
+                del data[key]
+        else:
+            return StoredStatus(status, frozenset(unreadable))
 
 
 def _raw_interval(raw_spec: Mapping[str, Any]) -> float:
@@ -247,8 +268,8 @@ async def _tick(
     ns, name = runtime.namespace, runtime.name
     generation = meta.get("generation")
     annotations: Mapping[str, str] = meta.get("annotations") or {}
-    old = _status_of(runtime.status if runtime.status is not None else raw_status)
-    status = old
+    stored = read_status(runtime.status if runtime.status is not None else raw_status)
+    old = status = stored.status
     events: list[Event] = []
     conds = list(old.conditions)
 
@@ -273,7 +294,7 @@ async def _tick(
             }
         )
         # A fix of the spec wakes the loop at once; meanwhile keep the policy's pace.
-        return TickResult(_dump(status, old), tuple(events), _raw_interval(raw_spec))
+        return TickResult(_dump(status, stored), tuple(events), _raw_interval(raw_spec))
     interval = spec.control.interval.total_seconds()
     _export_spec(services.metrics, ns, name, spec)
 
@@ -335,7 +356,7 @@ async def _tick(
             await services.kube.get_deployment(ns, spec.target_ref.name)  # it must exist too
         current = _read(spec, target_obj, kind)
     except TargetNotFound as exc:
-        target_problem = ("TargetNotFound", f"{exc}: create it or fix spec.targetRef / the sink")
+        target_problem = ("TargetNotFound", str(exc))
     except sinks.SinkError as exc:
         target_problem = ("SinkError", str(exc))
     except KubeError as exc:
@@ -398,7 +419,13 @@ async def _tick(
                 deployment=target_obj if kind == "Deployment" else None,
                 config_map=target_obj if kind == "ConfigMap" else None,
             )
-            if patch is not None:
+            if patch is not None and "originalValue" in stored.unreadable:
+                ready = (
+                    "StatusUnreadable",
+                    "status.originalValue cannot be read, so the sink is not patched (the value "
+                    "to restore on delete would be lost): fix status.originalValue or remove it",
+                )
+            elif patch is not None:
                 if original is None:
                     # Recorded before the first write, so a crash cannot lose it.
                     original = current.original()
@@ -558,7 +585,7 @@ async def _tick(
         observed_generation=generation,
     )
     _export_tick(services.metrics, ns, name, spec, new, decision, observation, em_point)
-    return TickResult(_dump(new, old), tuple(events), interval, remove_annotation)
+    return TickResult(_dump(new, stored), tuple(events), interval, remove_annotation)
 
 
 def _read(spec: api.StopPolicySpec, obj: Mapping[str, Any], kind: str) -> sinks.SinkValue:
@@ -567,12 +594,13 @@ def _read(spec: api.StopPolicySpec, obj: Mapping[str, Any], kind: str) -> sinks.
     return sinks.read(spec.budget, spec.target_ref, deployment=obj)
 
 
-def _dump(new: api.StopPolicyStatus, old: api.StopPolicyStatus) -> dict[str, Any]:
-    """The status as a merge patch: absent fields deleted, stale map keys removed."""
+def _dump(new: api.StopPolicyStatus, stored: StoredStatus) -> dict[str, Any]:
+    """The status as a merge patch: absent fields deleted, stale map keys removed, and
+    fields that could not be read left as stored."""
     body = new.model_dump(mode="json", by_alias=True, exclude_none=False)
-    gone = set(old.signals) - set(new.signals)
+    gone = set(stored.status.signals) - set(new.signals)
     body["signals"] = {**dict.fromkeys(gone), **body["signals"]}
-    return body
+    return {k: v for k, v in body.items() if k not in stored.unreadable}
 
 
 # ============================================================================ audits
@@ -716,7 +744,7 @@ async def restore(
     raw_status: Mapping[str, Any] | None,
 ) -> str:
     """Put back what the sink held before the first patch; a one-line account of it."""
-    status = _status_of(raw_status)
+    status = read_status(raw_status).status
     if status.original_value is None:
         return "nothing to restore: the target was never patched"
     try:
