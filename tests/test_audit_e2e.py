@@ -8,6 +8,8 @@
 * Real Prometheus evaluates a rule on the operator's own audit metric, real
   Alertmanager routes the alert to the operator's webhook with the bearer token
   from a file, and the operator runs an alert-triggered audit.
+
+Each runs on both Kubernetes backends (the `cluster` fixture, tests/clusters.py).
 """
 
 from __future__ import annotations
@@ -23,12 +25,11 @@ from kopf.testing import KopfRunner
 
 from stopbudget import devservers
 from stopbudget.curve import wilson_lower
-from stopbudget.emulator import ThreadedCluster, emulated_cluster_in_thread
+from tests.clusters import Cluster
 from tests.openai_server import MODEL, Canned, ThreadedOpenAIServer, reply
 
 pytestmark = pytest.mark.servers
 
-NS = "serving"
 SP = ("stopbudget.io/v1alpha1", "StopPolicy")
 DEPLOY = ("apps/v1", "Deployment")
 OPERATOR = ["run", "-A", "--standalone", "-m", "stopbudget.handlers"]
@@ -48,20 +49,20 @@ def _golden() -> tuple[list[dict[str, Any]], dict[str, Canned], dict[int, int]]:
     return items, replies, hits
 
 
-def _configmap(items: list[dict[str, Any]]) -> dict[str, Any]:
+def _configmap(ns: str, items: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": "golden", "namespace": NS},
+        "metadata": {"name": "golden", "namespace": ns},
         "data": {"golden.jsonl": "\n".join(json.dumps(i) for i in items) + "\n"},
     }
 
 
-def _deployment() -> dict[str, Any]:
+def _deployment(ns: str) -> dict[str, Any]:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": "vllm", "namespace": NS},
+        "metadata": {"name": "vllm", "namespace": ns},
         "spec": {
             "selector": {"matchLabels": {"app": "vllm"}},
             "template": {
@@ -72,11 +73,11 @@ def _deployment() -> dict[str, Any]:
     }
 
 
-def _policy(endpoint: str, **audit: Any) -> dict[str, Any]:
+def _policy(ns: str, endpoint: str, **audit: Any) -> dict[str, Any]:
     return {
         "apiVersion": "stopbudget.io/v1alpha1",
         "kind": "StopPolicy",
-        "metadata": {"name": "chat", "namespace": NS},
+        "metadata": {"name": "chat", "namespace": ns},
         "spec": {
             "targetRef": {"name": "vllm"},
             "budget": {"min": 16, "max": 128, "sink": {"type": "env", "name": "MAX_TOKENS"}},
@@ -114,12 +115,6 @@ def _metrics(port: int) -> str:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[ThreadedCluster]:
-    with emulated_cluster_in_thread(tmp_path) as c:
-        yield c
-
-
-@pytest.fixture
 def model_server() -> Iterator[tuple[Any, dict[int, int], list[dict[str, Any]]]]:
     items, replies, hits = _golden()
     with ThreadedOpenAIServer(replies) as server:
@@ -128,7 +123,7 @@ def model_server() -> Iterator[tuple[Any, dict[int, int], list[dict[str, Any]]]]
 
 def _env(
     monkeypatch: pytest.MonkeyPatch,
-    cluster: ThreadedCluster,
+    cluster: Cluster,
     prometheus_url: str,
     metrics_port: int,
 ) -> None:
@@ -140,18 +135,20 @@ def _env(
 
 
 def test_audit_measures_the_known_curve_and_the_law_uses_it(
-    cluster: ThreadedCluster,
+    cluster: Cluster,
     model_server: tuple[Any, dict[int, int], list[dict[str, Any]]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     server, hits, items = model_server
     port = devservers.free_port()
     _env(monkeypatch, cluster, "http://127.0.0.1:9", port)  # no signals: Prometheus unused
-    cluster.create(_deployment())
-    cluster.create(_configmap(items))
+    cluster.create(_deployment(cluster.ns))
+    cluster.create(_configmap(cluster.ns, items))
     with KopfRunner(OPERATOR, timeout=60) as runner:
-        cluster.create(_policy(server.url))
-        obj = cluster.wait_for(*SP, NS, "chat", _last_audit("Succeeded", "spec-change"), within=30)
+        cluster.create(_policy(cluster.ns, server.url))
+        obj = cluster.wait_for(
+            *SP, cluster.ns, "chat", _last_audit("Succeeded", "spec-change"), within=30
+        )
         status = _status(obj)
         assert status["curveSource"] == "audit"
         measured = {p["budget"]: (round(p["em"] * p["n"]), p["n"]) for p in status["curve"]}
@@ -162,24 +159,28 @@ def test_audit_measures_the_known_curve_and_the_law_uses_it(
         # One generation per question: truncate scores the whole ladder at once.
         assert len(server.requests) == 40
         # The law uses the audited curve: the cheapest budget with lower >= 0.6 is 64 (30/40).
-        obj = cluster.wait_for(*SP, NS, "chat", lambda o: _status(o).get("budget") == 64, within=20)
+        obj = cluster.wait_for(
+            *SP, cluster.ns, "chat", lambda o: _status(o).get("budget") == 64, within=20
+        )
         audited = next(c for c in _status(obj)["conditions"] if c["type"] == "Audited")
         assert audited["status"] == "True"
         text = _metrics(port)
-        assert 'stopbudget_audit_exact_match_ratio{budget="64",namespace="serving",' in text
+        assert f'stopbudget_audit_exact_match_ratio{{budget="64",namespace="{cluster.ns}",' in text
         assert (
-            'stopbudget_audit_runs_total{namespace="serving",result="Succeeded",'
+            f'stopbudget_audit_runs_total{{namespace="{cluster.ns}",result="Succeeded",'
             'stoppolicy="chat",trigger="spec-change"} 1.0'
         ) in text
 
         # A manual request: the annotation starts an audit and is removed.
         cluster.patch(
             *SP,
-            NS,
+            cluster.ns,
             "chat",
             {"metadata": {"annotations": {"stopbudget.io/audit-requested": "please"}}},
         )
-        obj = cluster.wait_for(*SP, NS, "chat", _last_audit("Succeeded", "manual"), within=30)
+        obj = cluster.wait_for(
+            *SP, cluster.ns, "chat", _last_audit("Succeeded", "manual"), within=30
+        )
         assert "stopbudget.io/audit-requested" not in (obj or {})["metadata"].get("annotations", {})
         assert len(server.requests) == 80
     assert runner.exception is None, runner.output
@@ -187,19 +188,21 @@ def test_audit_measures_the_known_curve_and_the_law_uses_it(
 
 
 def test_a_failed_audit_keeps_the_previous_curve(
-    cluster: ThreadedCluster,
+    cluster: Cluster,
     model_server: tuple[Any, dict[int, int], list[dict[str, Any]]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     server, _, items = model_server
     _env(monkeypatch, cluster, "http://127.0.0.1:9", devservers.free_port())
-    cluster.create(_deployment())
-    cluster.create(_configmap(items[:10]))  # fewer answers than minSamples (40)
-    policy = _policy(server.url)
+    cluster.create(_deployment(cluster.ns))
+    cluster.create(_configmap(cluster.ns, items[:10]))  # fewer answers than minSamples (40)
+    policy = _policy(cluster.ns, server.url)
     policy["spec"]["quality"]["prior"] = [{"budget": 128, "em": 0.9, "n": 1000}]
     with KopfRunner(OPERATOR, timeout=60) as runner:
         cluster.create(policy)
-        obj = cluster.wait_for(*SP, NS, "chat", _last_audit("Failed", "spec-change"), within=30)
+        obj = cluster.wait_for(
+            *SP, cluster.ns, "chat", _last_audit("Failed", "spec-change"), within=30
+        )
         status = _status(obj)
         assert "budget 16: 10" in status["lastAudit"]["message"]
         assert status["curveSource"] == "prior"
@@ -209,7 +212,7 @@ def test_a_failed_audit_keeps_the_previous_curve(
 
 
 def test_alert_loop_with_real_prometheus_and_alertmanager(
-    cluster: ThreadedCluster,
+    cluster: Cluster,
     model_server: tuple[Any, dict[int, int], list[dict[str, Any]]],
     start_prometheus: Any,
     start_alertmanager: Any,
@@ -240,27 +243,31 @@ groups:
     _env(monkeypatch, cluster, prometheus.url, metrics_port)
     monkeypatch.setenv("STOPBUDGET_WEBHOOK_PORT", str(webhook_port))
     monkeypatch.setenv("STOPBUDGET_WEBHOOK_TOKEN_FILE", str(token))
-    cluster.create(_deployment())
-    cluster.create(_configmap(items))
+    cluster.create(_deployment(cluster.ns))
+    cluster.create(_configmap(cluster.ns, items))
     with KopfRunner(OPERATOR, timeout=90) as runner:
-        cluster.create(_policy(server.url))
-        cluster.wait_for(*SP, NS, "chat", _last_audit("Succeeded", "spec-change"), within=30)
+        cluster.create(_policy(cluster.ns, server.url))
+        cluster.wait_for(
+            *SP, cluster.ns, "chat", _last_audit("Succeeded", "spec-change"), within=30
+        )
         # The rule fires on the audit's series; Alertmanager posts it to the webhook.
-        obj = cluster.wait_for(*SP, NS, "chat", _last_audit("Succeeded", "alert"), within=60)
+        obj = cluster.wait_for(
+            *SP, cluster.ns, "chat", _last_audit("Succeeded", "alert"), within=60
+        )
         status = _status(obj)
         assert [a["alertname"] for a in status["alerts"]] == ["StopPolicyEMLowAtSmallBudget"]
         firing = next(c for c in status["conditions"] if c["type"] == "AlertFiring")
         assert firing["status"] == "True"
         text = _metrics(metrics_port)
         assert (
-            'stopbudget_audit_runs_total{namespace="serving",result="Succeeded",'
+            f'stopbudget_audit_runs_total{{namespace="{cluster.ns}",result="Succeeded",'
             'stoppolicy="chat",trigger="alert"} 1.0'
         ) in text
         assert 'stopbudget_alertmanager_alerts_total{outcome="triggered",status="firing"}' in text
     assert runner.exception is None, runner.output
 
 
-def _post_alert(port: int, token: str, starts_at: str) -> int:
+def _post_alert(port: int, token: str, ns: str, starts_at: str) -> int:
     payload = {
         "version": "4",
         "groupKey": '{}:{alertname="StopPolicyEMBelowFloor"}',
@@ -277,7 +284,7 @@ def _post_alert(port: int, token: str, starts_at: str) -> int:
                 "labels": {
                     "alertname": "StopPolicyEMBelowFloor",
                     "stoppolicy": "chat",
-                    "namespace": NS,
+                    "namespace": ns,
                 },
                 "annotations": {},
                 "startsAt": starts_at,
@@ -298,7 +305,7 @@ def _post_alert(port: int, token: str, starts_at: str) -> int:
 
 
 def test_alert_dedupe_survives_an_operator_restart(
-    cluster: ThreadedCluster,
+    cluster: Cluster,
     model_server: tuple[Any, dict[int, int], list[dict[str, Any]]],
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
@@ -311,38 +318,50 @@ def test_alert_dedupe_survives_an_operator_restart(
     _env(monkeypatch, cluster, "http://127.0.0.1:9", metrics_port)
     monkeypatch.setenv("STOPBUDGET_WEBHOOK_PORT", str(webhook_port))
     monkeypatch.setenv("STOPBUDGET_WEBHOOK_TOKEN_FILE", str(token))
-    cluster.create(_deployment())
-    cluster.create(_configmap(items))
+    cluster.create(_deployment(cluster.ns))
+    cluster.create(_configmap(cluster.ns, items))
     starts_at = "2026-11-23T10:00:00Z"
     with KopfRunner(OPERATOR, timeout=60) as runner:
-        cluster.create(_policy(server.url))
-        cluster.wait_for(*SP, NS, "chat", _last_audit("Succeeded", "spec-change"), within=30)
-        assert _post_alert(webhook_port, "t0ken", starts_at) == 202
-        obj = cluster.wait_for(*SP, NS, "chat", _last_audit("Succeeded", "alert"), within=30)
+        cluster.create(_policy(cluster.ns, server.url))
+        cluster.wait_for(
+            *SP, cluster.ns, "chat", _last_audit("Succeeded", "spec-change"), within=30
+        )
+        assert _post_alert(webhook_port, "t0ken", cluster.ns, starts_at) == 202
+        obj = cluster.wait_for(
+            *SP, cluster.ns, "chat", _last_audit("Succeeded", "alert"), within=30
+        )
         first_alert_audit = _status(obj)["lastAudit"]["time"]
     assert runner.exception is None, runner.output
     requests_before = len(server.requests)
-    stopped = _status(cluster.get(*SP, NS, "chat"))["lastEvaluationTime"]
+    stopped = _status(cluster.get(*SP, cluster.ns, "chat"))["lastEvaluationTime"]
 
     with KopfRunner(OPERATOR, timeout=60) as runner:
         # The same alert again (an HA twin, or a repeat) after the restart: deduplicated.
         # First the new process ticks once, so the webhook knows the policy.
         cluster.wait_for(
-            *SP, NS, "chat", lambda o: _status(o).get("lastEvaluationTime", "") > stopped, within=20
+            *SP,
+            cluster.ns,
+            "chat",
+            lambda o: _status(o).get("lastEvaluationTime", "") > stopped,
+            within=20,
         )
 
         def accepted() -> bool:
             try:
-                return _post_alert(webhook_port, "t0ken", starts_at) == 202
+                return _post_alert(webhook_port, "t0ken", cluster.ns, starts_at) == 202
             except OSError:  # not listening yet
                 return False
 
         devservers.wait_until(accepted, timeout=20, what="the webhook to accept")
-        stamp = _status(cluster.get(*SP, NS, "chat"))["lastEvaluationTime"]
+        stamp = _status(cluster.get(*SP, cluster.ns, "chat"))["lastEvaluationTime"]
         cluster.wait_for(
-            *SP, NS, "chat", lambda o: _status(o).get("lastEvaluationTime", "") > stamp, within=20
+            *SP,
+            cluster.ns,
+            "chat",
+            lambda o: _status(o).get("lastEvaluationTime", "") > stamp,
+            within=20,
         )
-        status = _status(cluster.get(*SP, NS, "chat"))
+        status = _status(cluster.get(*SP, cluster.ns, "chat"))
         assert status["lastAudit"]["time"] == first_alert_audit
         assert len(server.requests) == requests_before
         assert (
@@ -350,10 +369,10 @@ def test_alert_dedupe_survives_an_operator_restart(
             in _metrics(metrics_port)
         )
         # A new occurrence (another startsAt) does trigger.
-        assert _post_alert(webhook_port, "t0ken", "2026-11-23T11:00:00Z") == 202
+        assert _post_alert(webhook_port, "t0ken", cluster.ns, "2026-11-23T11:00:00Z") == 202
         obj = cluster.wait_for(
             *SP,
-            NS,
+            cluster.ns,
             "chat",
             lambda o: (
                 _status(o).get("lastAudit", {}).get("time") != first_alert_audit

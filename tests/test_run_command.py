@@ -9,24 +9,15 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from stopbudget import devservers
-from stopbudget.emulator import ThreadedCluster, emulated_cluster_in_thread
+from tests.clusters import Cluster
 
 pytestmark = pytest.mark.servers
-
-NS = "serving"
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[ThreadedCluster]:
-    with emulated_cluster_in_thread(tmp_path) as c:
-        yield c
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -39,11 +30,11 @@ def _get(url: str) -> tuple[int, str]:
         return 0, ""
 
 
-def _policy() -> dict[str, Any]:
+def _policy(ns: str) -> dict[str, Any]:
     return {
         "apiVersion": "stopbudget.io/v1alpha1",
         "kind": "StopPolicy",
-        "metadata": {"name": "chat", "namespace": NS},
+        "metadata": {"name": "chat", "namespace": ns},
         "spec": {
             "targetRef": {"name": "vllm"},
             "budget": {
@@ -58,16 +49,22 @@ def _policy() -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize("scope", [["-A"], ["-n", NS]])
+@pytest.mark.parametrize("scope", ["-A", "-n"])
 def test_run_serves_health_reconciles_and_stops_on_sigterm(
-    cluster: ThreadedCluster, tmp_path: Path, scope: list[str]
+    cluster: Cluster, tmp_path: Path, scope: str
 ) -> None:
     cluster.create(
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": {"name": "vllm", "namespace": NS},
-            "spec": {"template": {"spec": {"containers": [{"name": "vllm", "image": "v"}]}}},
+            "metadata": {"name": "vllm", "namespace": cluster.ns},
+            "spec": {
+                "selector": {"matchLabels": {"app": "vllm"}},
+                "template": {
+                    "metadata": {"labels": {"app": "vllm"}},
+                    "spec": {"containers": [{"name": "vllm", "image": "v"}]},
+                },
+            },
         }
     )
     port = devservers.free_port()
@@ -80,7 +77,7 @@ def test_run_serves_health_reconciles_and_stops_on_sigterm(
             "-m",
             "stopbudget",
             "run",
-            *scope,
+            *([scope] if scope == "-A" else [scope, cluster.ns]),
             "--kubeconfig",
             str(cluster.kubeconfig),
             "--log-format",
@@ -95,12 +92,12 @@ def test_run_serves_health_reconciles_and_stops_on_sigterm(
             lambda: _get(f"http://127.0.0.1:{port}/readyz")[0] == 200, timeout=30, what="readiness"
         )
         assert _get(f"http://127.0.0.1:{port}/healthz") == (200, "ok\n")
-        cluster.create(_policy())
+        cluster.create(_policy(cluster.ns))
         # No prior, no audit: the budget stays at initial and is written to the annotation.
         dep = cluster.wait_for(
             "apps/v1",
             "Deployment",
-            NS,
+            cluster.ns,
             "vllm",
             lambda o: (
                 (o or {}).get("metadata", {}).get("annotations", {}).get("stopbudget.io/max-tokens")
@@ -117,7 +114,7 @@ def test_run_serves_health_reconciles_and_stops_on_sigterm(
         )
         code, text = _get(f"http://127.0.0.1:{port}/metrics")
         assert code == 200
-        assert 'stopbudget_budget_tokens{namespace="serving",stoppolicy="chat"} 300.0' in text
+        assert f'stopbudget_budget_tokens{{namespace="{cluster.ns}",stoppolicy="chat"}} 300.0' in text
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
