@@ -46,8 +46,11 @@ class Cluster(Protocol):
     backend: str
     #: The namespace of this test's objects.
     ns: str
-    #: The kubeconfig the operator runs with.
-    kubeconfig: Path
+
+    @property
+    def kubeconfig(self) -> Path:
+        """The kubeconfig the operator runs with."""
+        ...
 
     def create(self, obj: Obj) -> Obj: ...
 
