@@ -114,7 +114,9 @@ def test_run_serves_health_reconciles_and_stops_on_sigterm(
         )
         code, text = _get(f"http://127.0.0.1:{port}/metrics")
         assert code == 200
-        assert f'stopbudget_budget_tokens{{namespace="{cluster.ns}",stoppolicy="chat"}} 300.0' in text
+        assert (
+            f'stopbudget_budget_tokens{{namespace="{cluster.ns}",stoppolicy="chat"}} 300.0' in text
+        )
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
