@@ -300,9 +300,7 @@ def install_operator_identity(server: DevKubeApiServer, directory: Path) -> Real
     """Apply the CRD (kubectl, as a user would) and the chart's ServiceAccount and RBAC;
     return the server with a kubeconfig for that ServiceAccount."""
     server.kubectl("apply", "-f", str(CRD))
-    server.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", f"crd/{api.PLURAL}.{api.GROUP}"
-    )
+    server.wait_established(f"{api.PLURAL}.{api.GROUP}")
     server.kubectl("create", "namespace", RELEASE_NAMESPACE)
     identity = [
         o
@@ -315,3 +313,41 @@ def install_operator_identity(server: DevKubeApiServer, directory: Path) -> Real
         account, RELEASE_NAMESPACE, directory / "operator.kubeconfig"
     )
     return RealServer(server=server, operator_kubeconfig=kubeconfig, service_account=account)
+
+
+def monitoring_crds() -> list[Obj]:
+    """CRDs of the Prometheus Operator's kinds, built from the vendored upstream schemas
+    (``tests/schemas/prometheus-operator.yaml``), for a real server to check the chart's
+    ServiceMonitor and PrometheusRule against."""
+    loaded = yaml.safe_load((ROOT / "tests/schemas/prometheus-operator.yaml").read_text("utf-8"))
+    kinds = (("ServiceMonitor", "servicemonitors"), ("PrometheusRule", "prometheusrules"))
+    return [
+        {
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": f"{plural}.monitoring.coreos.com"},
+            "spec": {
+                "group": "monitoring.coreos.com",
+                "names": {"kind": kind, "plural": plural, "listKind": f"{kind}List"},
+                "scope": "Namespaced",
+                "versions": [
+                    {
+                        "name": "v1",
+                        "served": True,
+                        "storage": True,
+                        "schema": {"openAPIV3Schema": loaded[kind]},
+                    }
+                ],
+            },
+        }
+        for kind, plural in kinds
+    ]
+
+
+def install_monitoring_crds(server: DevKubeApiServer) -> None:
+    crds = monitoring_crds()
+    server.kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                         "items": crds}))  # fmt: skip
+    for crd in crds:
+        name = crd["metadata"]["name"]
+        server.wait_established(name)

@@ -27,7 +27,14 @@ import pytest
 import yaml
 
 from stopbudget import api, validate
-from tests.clusters import CRD, RELEASE_NAMESPACE, ROOT, RealServer, chart_objects
+from tests.clusters import (
+    CRD,
+    RELEASE_NAMESPACE,
+    ROOT,
+    RealServer,
+    chart_objects,
+    install_monitoring_crds,
+)
 from tests.conftest import MINIMAL
 from tests.test_bad_input import CASES, _norm, _set
 
@@ -56,9 +63,7 @@ def namespace(real_server: RealServer) -> Iterator[str]:
 def test_the_crd_applies_and_becomes_established(real_server: RealServer, crd: Path) -> None:
     applied = real_server.server.kubectl("apply", "-f", str(crd))
     assert f"{api.PLURAL}.{api.GROUP}" in applied.stdout
-    real_server.server.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", f"crd/{api.PLURAL}.{api.GROUP}"
-    )
+    real_server.server.wait_established(f"{api.PLURAL}.{api.GROUP}")
     stored = json.loads(
         real_server.server.kubectl("get", "crd", f"{api.PLURAL}.{api.GROUP}", "-o", "json").stdout
     )
@@ -155,47 +160,11 @@ def test_the_minimal_policy_is_accepted(real_server: RealServer, namespace: str)
 # ---------------------------------------------------------------------------- the chart
 
 
-def _monitoring_crds() -> list[dict[str, Any]]:
-    """CRDs of the Prometheus Operator's kinds, from the vendored upstream schemas."""
-    loaded = yaml.safe_load((ROOT / "tests/schemas/prometheus-operator.yaml").read_text("utf-8"))
-    crds = []
-    for kind, plural in (
-        ("ServiceMonitor", "servicemonitors"),
-        ("PrometheusRule", "prometheusrules"),
-    ):
-        crds.append(
-            {
-                "apiVersion": "apiextensions.k8s.io/v1",
-                "kind": "CustomResourceDefinition",
-                "metadata": {"name": f"{plural}.monitoring.coreos.com"},
-                "spec": {
-                    "group": "monitoring.coreos.com",
-                    "names": {"kind": kind, "plural": plural, "listKind": f"{kind}List"},
-                    "scope": "Namespaced",
-                    "versions": [
-                        {
-                            "name": "v1",
-                            "served": True,
-                            "storage": True,
-                            "schema": {"openAPIV3Schema": loaded[kind]},
-                        }
-                    ],
-                },
-            }
-        )
-    return crds
-
-
 @pytest.fixture(scope="module")
 def chart_ready(real_server: RealServer) -> RealServer:
     """The namespaces and CRDs the chart's objects need on a real cluster."""
     kubectl = real_server.server.kubectl
-    kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List",
-                                                    "items": _monitoring_crds()}))  # fmt: skip
-    for crd in _monitoring_crds():
-        kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd['metadata']['name']}"
-        )
+    install_monitoring_crds(real_server.server)
     for path in CI_VALUES:
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         for ns in (values.get("operator") or {}).get("watchNamespaces") or []:

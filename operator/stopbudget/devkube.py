@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import lzma
 import os
 import secrets
@@ -36,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from stopbudget.devservers import HOST, ServerError, _Server, free_port, http_json
+from stopbudget.devservers import HOST, ServerError, _Server, free_port, http_json, wait_until
 
 ETCD = "etcd"
 KUBECTL = "kubectl"
@@ -220,6 +221,20 @@ class DevKubeApiServer(_Server):
     ) -> subprocess.CompletedProcess[str]:
         """Run ``kubectl`` against this server (as admin unless ``kubeconfig`` is given)."""
         return kubectl(*args, kubeconfig=kubeconfig or self.kubeconfig, stdin=stdin, check=check)
+
+    def wait_established(self, crd: str, timeout: float = 60.0) -> None:
+        """Poll until the CRD named ``crd`` is Established (``kubectl wait`` fails at once,
+        instead of waiting, while the new CRD has no conditions yet)."""
+
+        def established() -> bool:
+            found = self.kubectl("get", "crd", crd, "-o", "json", check=False)
+            if found.returncode != 0:
+                return False
+            conditions = (json.loads(found.stdout).get("status") or {}).get("conditions") or []
+            return any(c.get("type") == "Established" and c.get("status") == "True"
+                       for c in conditions)  # fmt: skip
+
+        wait_until(established, timeout=timeout, interval=0.1, what=f"CRD {crd} Established")
 
     def token_kubeconfig(self, service_account: str, namespace: str, path: Path) -> Path:
         """A kubeconfig that authenticates as a ServiceAccount, with a token from

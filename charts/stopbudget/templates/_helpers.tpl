@@ -114,3 +114,24 @@ a ClusterRole in both modes.
 */}}
 {{- define "stopbudget.rules.cluster" -}}
 {{- end }}
+
+{{/*
+Fail before anything is applied when a watched namespace does not exist: a Role in a
+missing namespace would otherwise fail halfway through an install or upgrade with
+`namespaces "x" not found`. `lookup` answers only against a cluster (install, upgrade,
+--dry-run=server); offline (helm template, lint) it returns nothing, and then the check
+is skipped: the probe is the namespace "default", which every cluster has.
+*/}}
+{{- define "stopbudget.checkWatchedNamespaces" -}}
+{{- if lookup "v1" "Namespace" "" "default" }}
+{{- $missing := list }}
+{{- range .Values.operator.watchNamespaces }}
+{{- if not (lookup "v1" "Namespace" "" .) }}
+{{- $missing = append $missing . }}
+{{- end }}
+{{- end }}
+{{- if $missing }}
+{{- fail (printf "operator.watchNamespaces: namespace(s) %s do not exist: create them first (kubectl create namespace %s) or remove them from operator.watchNamespaces" (join ", " $missing) (join " " $missing)) }}
+{{- end }}
+{{- end }}
+{{- end }}
