@@ -5,22 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import http.client
 import json
+import logging
 import os
 import threading
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stopbudget import endpoints
 from stopbudget.api import StopPolicySpec
 from stopbudget.audits.alerts import (
     DEFAULT_PATH,
@@ -34,7 +39,9 @@ from stopbudget.audits.alerts import (
     PolicyAlerts,
     PolicyTarget,
     WebhookAlert,
+    content_codings,
     create_app,
+    decode_body,
     expire,
     firing,
     match_policies,
@@ -44,6 +51,7 @@ from stopbudget.audits.alerts import (
     selects,
 )
 from stopbudget.metrics import OperatorMetrics
+from tests.conftest import eventually
 
 TOKEN = "s3cret-webhook-token"
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -521,8 +529,22 @@ class Recorder:
 
 
 @dataclass
+class Client:
+    """Requests to a server on 127.0.0.1 by path (what the tests used of aiohttp's TestClient)."""
+
+    session: aiohttp.ClientSession
+    port: int
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.session.request(method, f"http://127.0.0.1:{self.port}{path}", **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        return self.request("POST", path, **kwargs)
+
+
+@dataclass
 class Hook:
-    client: TestClient[web.Request, web.Application]
+    client: Client
     recorder: Recorder
     metrics: OperatorMetrics
     receiver: AlertReceiver
@@ -557,8 +579,11 @@ async def serve(
     *,
     recorder: Recorder | None = None,
     targets: Sequence[PolicyTarget] = TARGETS,
+    auto_decompress: bool = False,
     **options: Any,
 ) -> AsyncIterator[Hook]:
+    """The webhook on 127.0.0.1, served as ``handlers.startup`` serves it (``endpoints.serve``;
+    aiohttp does not decode the body: ``auto_decompress=False``), or with aiohttp's default."""
     token_file = tmp_path / "token"
     if not token_file.exists():
         token_file.write_text(TOKEN + "\n")
@@ -571,9 +596,12 @@ async def serve(
         metrics=metrics,
         **options,
     )
-    server = TestServer(app, host="127.0.0.1")
-    async with server, TestClient(server) as client:
-        yield Hook(client, recorder, metrics, app[RECEIVER], token_file)
+    runner, port = await endpoints.serve(app, "127.0.0.1", 0, auto_decompress=auto_decompress)
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield Hook(Client(session, port), recorder, metrics, app[RECEIVER], token_file)
+    finally:
+        await runner.cleanup()
 
 
 async def test_valid_payload_is_accepted_and_processed(tmp_path: Path) -> None:
@@ -680,6 +708,148 @@ async def test_bad_bodies_get_400_with_the_reason(tmp_path: Path, body: bytes, r
         assert status == 400
         assert reason in answer["error"]
         assert hook.recorder.calls == 0
+
+
+def _gzip(data: bytes) -> bytes:
+    return gzip.compress(data, mtime=0)
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush()
+
+
+PLAIN = encode(payload_doc())
+#: (Content-Encoding, body, status, words of the reason); one request per case.
+ENCODED: list[tuple[str, str, bytes, int, str]] = [
+    ("gzip", "gzip", _gzip(PLAIN), 202, ""),
+    ("x-gzip", "x-gzip", _gzip(PLAIN), 202, ""),
+    ("GZIP, upper case", "GZIP", _gzip(PLAIN), 202, ""),
+    ("deflate, zlib format", "deflate", zlib.compress(PLAIN), 202, ""),
+    ("deflate, raw", "deflate", _raw_deflate(PLAIN), 202, ""),
+    ("gzip twice", "gzip, gzip", _gzip(_gzip(PLAIN)), 202, ""),
+    ("deflate then gzip", "deflate, gzip", _gzip(zlib.compress(PLAIN)), 202, ""),
+    ("identity", "identity", PLAIN, 202, ""),
+    ("gzip of two members", "gzip", _gzip(PLAIN[:100]) + _gzip(PLAIN[100:]), 202, ""),
+    ("gzip, not compressed", "gzip", PLAIN, 400, "not valid gzip"),
+    ("deflate, not compressed", "deflate", PLAIN, 400, "not valid deflate"),
+    ("gzip, truncated", "gzip", _gzip(PLAIN)[:-12], 400, "truncated"),
+    ("deflate, truncated", "deflate", zlib.compress(PLAIN)[:-9], 400, "truncated"),
+    ("gzip, garbage after", "gzip", _gzip(PLAIN) + b"garbage!", 400, "not valid gzip"),
+    ("gzip, empty", "gzip", b"", 400, "truncated"),
+    ("gzip declared once, sent twice", "gzip", _gzip(_gzip(PLAIN)), 400, "malformed JSON"),
+    ("br", "br", PLAIN, 415, "unsupported Content-Encoding 'br'"),
+    ("zstd", "zstd", PLAIN, 415, "unsupported Content-Encoding 'zstd'"),
+    ("compress", "compress", PLAIN, 415, "unsupported Content-Encoding 'compress'"),
+    ("unknown", "rot13", PLAIN, 415, "unsupported Content-Encoding 'rot13'"),
+    ("three codings", "gzip, gzip, gzip", _gzip(_gzip(_gzip(PLAIN))), 415, "at most 2"),
+    ("a bomb", "gzip", _gzip(b" " * (8 << 20)), 413, "decoded body exceeds"),
+    ("a bomb in two layers", "gzip, gzip", _gzip(_gzip(b" " * (64 << 20))), 413, "exceeds"),
+]
+
+
+@pytest.mark.parametrize(
+    ("coding", "body", "status", "reason"),
+    [pytest.param(c, b, s, r, id=i) for i, c, b, s, r in ENCODED],
+)
+async def test_content_encodings_get_a_4xx_with_a_reason_never_a_5xx(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    coding: str,
+    body: bytes,
+    status: int,
+    reason: str,
+) -> None:
+    """Issue 15, defect 1: a body the client encoded wrongly got 500 and a traceback (and
+    Alertmanager retries 5xx forever).  Served as the operator serves it, the webhook
+    decodes the body itself, bounded by the body limit."""
+    caplog.set_level("INFO")
+    async with serve(tmp_path) as hook:
+        answer_status, answer, headers = await hook.post(body, headers={"Content-Encoding": coding})
+        assert answer_status == status, answer
+        if status == 202:
+            assert answer == {"status": "accepted", "alerts": 1}
+            await hook.recorder.wait_for(lambda: hook.recorder.triggers == 1)
+        else:
+            assert reason in answer["error"]
+            assert hook.recorder.calls == 0
+        if status == 415:
+            assert headers["Accept-Encoding"] == "gzip, deflate, identity"
+        assert hook.requests(status) == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+async def test_corrupt_body_with_aiohttps_own_decoding_is_a_400(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, coding: str
+) -> None:
+    """Served with aiohttp's defaults (the server decodes gzip and deflate itself), a corrupt
+    body is still a 400 with a reason, and a good one is decoded once, not twice."""
+    async with serve(tmp_path, auto_decompress=True) as hook:
+        status, answer, _ = await hook.post(
+            PLAIN, headers={"Content-Encoding": coding, "Connection": "close"}
+        )
+        assert status == 400
+        assert f"Can not decode content-encoding: {coding}" in answer["error"]
+        good = _gzip(PLAIN) if coding == "gzip" else zlib.compress(PLAIN)
+        status, answer, _ = await hook.post(good, headers={"Content-Encoding": coding})
+        assert status == 202, answer
+    assert hook.requests(500) == 0
+    assert "webhook request failed" not in caplog.text
+
+
+async def test_a_client_gone_mid_body_is_no_server_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A body shorter than its Content-Length, then the connection closed: counted as a
+    client error (400), no traceback in the log."""
+    async with serve(tmp_path) as hook:
+        _, writer = await asyncio.open_connection("127.0.0.1", hook.client.port)
+        head = (
+            f"POST {DEFAULT_PATH} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+        )
+        writer.write(head.encode() + PLAIN[:50])
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+        async def refused() -> float:
+            return hook.requests(400)
+
+        await eventually(refused, bool, within=10, what="the 400 counted")
+        assert hook.requests(500) == 0
+        assert hook.recorder.calls == 0
+    assert "webhook request failed" not in caplog.text
+
+
+def test_decode_body_is_bounded_and_names_the_problem() -> None:
+    assert decode_body(_gzip(PLAIN), ["gzip"], limit=len(PLAIN)) == PLAIN
+    assert decode_body(PLAIN, [], limit=len(PLAIN)) == PLAIN
+    with pytest.raises(PayloadError) as caught:
+        decode_body(_gzip(PLAIN), ["gzip"], limit=len(PLAIN) - 1)
+    assert caught.value.status == 413
+    assert f"exceeds {len(PLAIN) - 1} bytes" in caught.value.reason
+    with pytest.raises(PayloadError) as caught:
+        decode_body(b"\x1f\x8b" + b"\x00" * 20, ["gzip"], limit=1000)
+    assert caught.value.status == 400
+    assert "not valid gzip" in caught.value.reason
+
+
+@pytest.mark.parametrize(
+    ("headers", "codings"),
+    [
+        ([], []),
+        (["identity"], []),
+        (["gzip"], ["gzip"]),
+        (["x-gzip"], ["gzip"]),
+        (["Gzip , deflate"], ["gzip", "deflate"]),
+        (["gzip", "deflate"], ["gzip", "deflate"]),  # two headers: one list
+        ([" , gzip,, identity "], ["gzip"]),
+    ],
+)
+def test_content_codings(headers: list[str], codings: list[str]) -> None:
+    assert content_codings(headers) == codings
 
 
 async def test_missing_and_mistyped_fields_are_listed(tmp_path: Path) -> None:

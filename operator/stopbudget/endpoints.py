@@ -46,9 +46,15 @@ def app(metrics: OperatorMetrics, readiness: Readiness) -> web.Application:
     return application
 
 
-async def serve(application: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Start ``application`` on host:port (0: a free port); returns the runner and the port."""
-    runner = web.AppRunner(application, access_log=None)
+async def serve(
+    application: web.Application, host: str, port: int, *, auto_decompress: bool = True
+) -> tuple[web.AppRunner, int]:
+    """Start ``application`` on host:port (0: a free port); returns the runner and the port.
+
+    ``auto_decompress=False``: aiohttp hands request bodies over as sent (the webhook
+    decodes ``Content-Encoding`` itself, with its own limits and 4xx answers).
+    """
+    runner = web.AppRunner(application, access_log=None, auto_decompress=auto_decompress)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -110,7 +110,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
             policies=services.targets,
             metrics=metrics,
         )
-        runner, port = await endpoints.serve(webhook, config.bind_address, config.webhook_port)
+        runner, port = await endpoints.serve(
+            webhook, config.bind_address, config.webhook_port, auto_decompress=False
+        )
         runners.append(runner)
         log.info("Alertmanager webhook on %s:%d/alertmanager", config.bind_address, port)
     else:

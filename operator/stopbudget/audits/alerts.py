@@ -23,8 +23,11 @@ Pure parts (no I/O, no clock: they take ``now``), testable without HTTP:
 The HTTP part, :func:`create_app`, an aiohttp application with ``POST
 /alertmanager``: bearer token from a file (re-read when the file changes, as a
 rotated Secret volume does), compared in constant time; 401 with
-``WWW-Authenticate: Bearer``; 413 over the body limit (Content-Length and the
-bytes actually read); 400 with a JSON reason; 405 on other methods; 503 when
+``WWW-Authenticate: Bearer``; 413 over the body limit (Content-Length, the
+bytes actually read, and the body decoded); 415 for a ``Content-Encoding`` other
+than gzip, deflate or identity (the receiver decodes the body itself: see
+:func:`create_app`); 400 with a JSON reason for any other error caused by the
+request (never a 5xx, which Alertmanager would retry); 405 on other methods; 503 when
 the token file is unreadable or the queue is full (Alertmanager retries 5xx);
 202 at once otherwise.  A single background worker processes payloads in
 order (so two copies of one alert can never race past the dedupe); exceptions
@@ -38,6 +41,7 @@ import contextlib
 import hmac
 import logging
 import os
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -122,12 +126,80 @@ class WebhookPayload(_Wire):
 
 
 class PayloadError(ValueError):
-    """A webhook body that is not a valid version-4 payload; ``problems`` say where."""
+    """A webhook body the client got wrong: ``status`` is the 4xx to answer (400 unless the
+    encoding is unsupported, 415, or the decoded body too large, 413); ``problems`` say where."""
 
-    def __init__(self, reason: str, problems: Sequence[str] = ()) -> None:
+    def __init__(self, reason: str, problems: Sequence[str] = (), *, status: int = 400) -> None:
         super().__init__(reason)
         self.reason = reason
         self.problems = list(problems)
+        self.status = status
+
+
+#: Content codings the receiver decodes, by name (``x-gzip`` is gzip: RFC 9110 8.4.1.3).
+CODINGS = {"gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate"}
+ACCEPT_ENCODING = "gzip, deflate, identity"
+#: Codings stacked on one body at most: each layer costs up to the body limit to decode.
+MAX_CODINGS = 2
+
+
+def content_codings(headers: Iterable[str]) -> list[str]:
+    """The codings of ``Content-Encoding`` header values, in the order they were applied.
+
+    ``identity`` and empty items are dropped; :class:`PayloadError` (415) for a coding the
+    receiver does not decode, or more than :data:`MAX_CODINGS`.
+    """
+    codings = []
+    for header in headers:
+        for item in header.split(","):
+            name = item.strip().lower()
+            if not name or name == "identity":
+                continue
+            if name not in CODINGS:
+                raise PayloadError(
+                    f"unsupported Content-Encoding {item.strip()[:40]!r}: "
+                    f"send the body as {ACCEPT_ENCODING}",
+                    status=415,
+                )
+            codings.append(CODINGS[name])
+    if len(codings) > MAX_CODINGS:
+        raise PayloadError(
+            f"{len(codings)} content codings: at most {MAX_CODINGS} are decoded", status=415
+        )
+    return codings
+
+
+def _inflate(data: bytes, coding: str, limit: int) -> bytes:
+    """One layer of gzip (one or more members) or deflate (zlib or raw), at most ``limit`` bytes."""
+    if coding == "gzip":
+        wbits = 16 + zlib.MAX_WBITS
+    else:  # RFC 9110 says zlib format; some clients send raw deflate (as aiohttp, sniff)
+        wbits = zlib.MAX_WBITS if data[:1] and data[0] & 0x0F == 8 else -zlib.MAX_WBITS
+    out = bytearray()
+    rest = data
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out += inflater.decompress(rest, limit + 1 - len(out))
+        except zlib.error as exc:
+            raise PayloadError(f"the body is not valid {coding} data: {exc}") from None
+        if len(out) > limit:
+            raise PayloadError(f"the decoded body exceeds {limit} bytes", status=413)
+        if not inflater.eof:
+            raise PayloadError(f"the {coding} body is truncated")
+        rest = inflater.unused_data
+        if not rest:
+            return bytes(out)
+        if coding != "gzip":  # gzip allows members one after another; deflate is one stream
+            raise PayloadError(f"the body is not valid {coding} data: data after the end")
+
+
+def decode_body(body: bytes, codings: Sequence[str], limit: int) -> bytes:
+    """Undo ``codings`` (as from :func:`content_codings`), last applied first; the decoded
+    body of every layer is bounded by ``limit`` (413), so a small bomb cannot blow up."""
+    for coding in reversed(codings):
+        body = _inflate(body, coding, limit)
+    return body
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -571,11 +643,20 @@ class AlertReceiver:
         length = request.content_length
         if length is not None and length > self.max_body_bytes:
             return _error(413, f"body of {length} bytes exceeds {self.max_body_bytes} bytes")
-        body = await request.read()  # client_max_size enforces the limit on what is read
         try:
-            payload = parse_payload(body)
+            codings = content_codings(request.headers.getall(hdrs.CONTENT_ENCODING, ()))
+            body = await request.read()  # client_max_size enforces the limit on what is read
+            if getattr(request.content, "total_compressed_bytes", None) is not None:
+                codings = []  # served with aiohttp's auto_decompress: decoded already
+            payload = parse_payload(decode_body(body, codings, self.max_body_bytes))
         except PayloadError as exc:
-            return _error(400, exc.reason, exc.problems)
+            headers = {hdrs.ACCEPT_ENCODING: ACCEPT_ENCODING} if exc.status == 415 else None
+            return _error(exc.status, exc.reason, exc.problems, headers=headers)
+        except (web.RequestPayloadError, ConnectionError) as exc:
+            # A body aiohttp could not decode, or a client gone before sending all of it.
+            cause = exc.__cause__ or exc
+            detail = getattr(cause, "message", "") or str(cause) or type(cause).__name__
+            return _error(400, f"the request body could not be read: {detail}")
         if payload.truncated_alerts:
             log.warning(
                 "Alertmanager left out %d alert(s) of group %s (max_alerts)",
@@ -673,6 +754,12 @@ def create_app(
     clock: Callable[[], datetime] = _utcnow,
 ) -> web.Application:
     """The webhook application: ``POST {path}``; ``app[RECEIVER]`` is its :class:`AlertReceiver`.
+
+    Serve it with aiohttp's ``auto_decompress=False`` (``endpoints.serve(...,
+    auto_decompress=False)``): the receiver then decodes ``Content-Encoding`` itself,
+    bounded by ``max_body_bytes``, and answers every coding error with a 4xx and a reason.
+    (With aiohttp's default, aiohttp decodes gzip and deflate, answers an unsupported
+    coding with a plain-text 400 and logs a traceback for a corrupt body.)
 
     ``on_alerts`` is awaited in the background once per payload and selected
     policy; ``policies`` returns the operator's current snapshot of policies.
