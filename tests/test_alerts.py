@@ -14,7 +14,7 @@ import threading
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,15 @@ def encode(doc: Any) -> bytes:
 
 def wire_alert(fingerprint: str = "1a30ba71cca2921f", **kw: Any) -> WebhookAlert:
     return WebhookAlert.model_validate(alert_doc(fingerprint, **kw))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -225,6 +234,132 @@ def test_problems_name_the_field() -> None:
     with pytest.raises(PayloadError) as caught:
         parse_payload(encode(_without(["alerts", 0, "fingerprint"])))
     assert caught.value.problems == ["alerts[0].fingerprint: Field required"]
+
+
+#: RFC 3339 times that parse but are outside years 1-9999 once in UTC (issue 15, defect 2).
+OUT_OF_UTC = ["0001-01-01T00:30:00+01:00", "9999-12-31T23:30:00-01:00"]
+#: The ends of what fits, all kept.
+EDGES_OF_UTC = [
+    ("0001-01-01T00:00:00Z", datetime(1, 1, 1, tzinfo=UTC)),
+    ("0001-01-01T00:30:00-01:00", datetime(1, 1, 1, 1, 30, tzinfo=UTC)),
+    ("9999-12-31T23:59:59.999999Z", datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
+    ("9999-12-31T23:30:00+01:00", datetime(9999, 12, 31, 22, 30, tzinfo=UTC)),
+]
+
+
+@pytest.mark.parametrize("field", ["startsAt", "endsAt"])
+@pytest.mark.parametrize("value", OUT_OF_UTC)
+def test_a_time_out_of_utc_range_rejects_only_its_alert(field: str, value: str) -> None:
+    """Issue 15, defect 2: such a startsAt validated, then converting it to UTC raised
+    OverflowError in the background, after the 202: the whole group was lost."""
+    bad = alert_doc("b")
+    bad[field] = value
+    payload = parse_payload(encode(payload_doc(alert_doc("a"), bad, alert_doc("c"))))
+    assert [a.fingerprint for a in payload.alerts] == ["a", "c"]
+    (rejected,) = payload.rejected
+    assert (rejected.index, rejected.status) == (1, "firing")
+    assert rejected.problems == (
+        f"alerts[1].{field}: Value error, {value} is outside years 1-9999 in UTC",
+    )
+    plan_payload(payload, TARGETS, T0)  # and the others can be planned
+
+
+@pytest.mark.parametrize(("text", "utc"), EDGES_OF_UTC)
+def test_times_at_the_ends_of_the_calendar_that_fit_are_kept_in_utc(
+    text: str, utc: datetime
+) -> None:
+    doc = alert_doc(starts_at=text)
+    doc["endsAt"] = text
+    (alert,) = parse_payload(encode(payload_doc(doc))).alerts
+    assert alert.starts_at == utc
+    assert alert.starts_at.tzinfo is UTC
+    assert alert.ends_at == utc
+    (update,) = plan_payload(parse_payload(encode(payload_doc(doc))), TARGETS, T0).policies
+    assert update.alerts[0].starts_at == utc
+    stored = [r.model_dump(mode="json", by_alias=True) for r in update.alerts]
+    assert [AlertRecord.model_validate(r) for r in json.loads(json.dumps(stored))] == list(
+        update.alerts
+    )
+
+
+def test_one_bad_alert_never_costs_the_others_of_its_group() -> None:
+    bad_labels = alert_doc("b", labels={"severity": 3})  # type: ignore[dict-item]
+    not_an_alert = "an alert"
+    doc = payload_doc(alert_doc("a"), bad_labels, alert_doc("c"), not_an_alert)  # type: ignore[arg-type]
+    doc["alerts"][2]["status"] = "active"
+    payload = parse_payload(encode(doc))
+    assert [a.fingerprint for a in payload.alerts] == ["a"]
+    assert [(r.index, r.status) for r in payload.rejected] == [
+        (1, "firing"),
+        (2, "unknown"),
+        (3, "unknown"),
+    ]
+    assert payload.rejected[0].problems == (
+        "alerts[1].labels.severity: Input should be a valid string",
+    )
+    assert payload.rejected[2].problems[0].startswith("alerts[3]: Input should be")
+
+
+def test_a_payload_whose_every_alert_is_bad_is_refused_with_every_problem() -> None:
+    doc = payload_doc(alert_doc("a", starts_at=OUT_OF_UTC[0]), alert_doc("", starts_at="x"))
+    with pytest.raises(PayloadError) as caught:
+        parse_payload(encode(doc))
+    assert caught.value.status == 400
+    assert caught.value.reason == "invalid payload: 3 problem(s)"
+    assert [p.split(":")[0] for p in caught.value.problems] == [
+        "alerts[0].startsAt",
+        "alerts[1].startsAt",
+        "alerts[1].fingerprint",
+    ]
+    # An empty group is valid (nothing to do), as before.
+    assert parse_payload(encode({**payload_doc(), "alerts": []})).alerts == []
+
+
+offsets = st.integers(-23 * 60 - 59, 23 * 60 + 59).map(lambda m: timezone(timedelta(minutes=m)))
+any_time = st.builds(
+    lambda naive, zone: naive.replace(tzinfo=zone).isoformat(),
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59)),
+    offsets,
+)
+label_maps = st.dictionaries(st.text(max_size=8), st.text(max_size=300) | json_values, max_size=4)
+odd_alerts = st.fixed_dictionaries(
+    {
+        "status": st.sampled_from(["firing", "resolved"]) | json_values,
+        "labels": st.sampled_from([{"stoppolicy": "llama", "namespace": "serving"}]) | label_maps,
+        "startsAt": any_time | json_values,
+        "fingerprint": st.text(max_size=200) | json_values,
+    },
+    optional={
+        "endsAt": any_time | json_values,
+        "annotations": label_maps,
+        "generatorURL": st.text(max_size=20) | json_values,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(alerts=st.lists(odd_alerts, max_size=6), now=st.datetimes(timezones=st.just(UTC)))
+def test_whatever_is_accepted_can_be_planned_and_stored(
+    alerts: list[dict[str, Any]], now: datetime
+) -> None:
+    """What validates is what the background computes with: any alert accepted can be
+    matched, deduped and written to status (JSON) and read back, at any time."""
+    refused: PayloadError | None = None
+    try:
+        payload = parse_payload(encode(payload_doc(*alerts) if alerts else payload_doc()))
+    except PayloadError as exc:
+        refused = exc
+    if refused is not None:
+        assert refused.status == 400
+        assert alerts  # only a group of bad alerts is refused
+        return
+    assert len(payload.alerts) + len(payload.rejected) == max(len(alerts), 1)
+    plan = plan_payload(payload, TARGETS, now)
+    for update in plan.policies:
+        stored = json.loads(json.dumps([r.model_dump(mode="json") for r in update.alerts]))
+        records = tuple(AlertRecord.model_validate(r) for r in stored)
+        assert firing(records, now) == update.alert_firing
+        expire(records, now + timedelta(days=1))
 
 
 # --------------------------------------------------------------------------- matching
@@ -993,6 +1128,45 @@ async def test_dedupe_survives_a_restart(tmp_path: Path) -> None:
         assert hook.alerts("firing", "duplicate") == 1
 
 
+@pytest.mark.parametrize("field", ["startsAt", "endsAt"])
+@pytest.mark.parametrize("value", OUT_OF_UTC)
+async def test_after_a_202_no_alert_is_lost_to_a_bad_neighbour(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, field: str, value: str
+) -> None:
+    """Issue 15, defect 2, over HTTP: the bad alert is dropped and counted before the 202
+    (which says so); the others of its group reach the policy."""
+    mistral = {"alertname": "Slow", "model": "mistral", "team": "ml"}
+    bad = alert_doc("b")
+    bad[field] = value
+    doc = payload_doc(alert_doc("a"), bad, alert_doc("c", labels=mistral))
+    async with serve(tmp_path) as hook:
+        status, body, _ = await hook.post(doc)
+        assert status == 202
+        assert body == {
+            "status": "accepted",
+            "alerts": 2,
+            "rejected": 1,
+            "problems": [f"alerts[1].{field}: Value error, {value} is outside years 1-9999 in UTC"],
+        }
+        await asyncio.wait_for(hook.receiver.join(), timeout=10)
+        assert sorted(u.name for u in hook.recorder.updates) == ["llama", "mistral"]
+        assert hook.recorder.triggers == 2
+        assert hook.alerts("firing", "invalid") == 1
+        assert hook.alerts("firing", "error") == 0
+    assert "failed" not in caplog.text
+
+
+async def test_a_group_of_bad_alerts_only_is_a_400(tmp_path: Path) -> None:
+    async with serve(tmp_path) as hook:
+        doc = payload_doc(alert_doc("a", starts_at=OUT_OF_UTC[1]))
+        status, body, _ = await hook.post(doc)
+        assert status == 400
+        assert body["problems"] == [
+            f"alerts[0].startsAt: Value error, {OUT_OF_UTC[1]} is outside years 1-9999 in UTC"
+        ]
+        assert hook.recorder.calls == 0
+
+
 async def test_unmatched_alerts_are_counted(tmp_path: Path) -> None:
     async with serve(tmp_path) as hook:
         doc = payload_doc(alert_doc(labels={"alertname": "Other"}))
@@ -1061,13 +1235,6 @@ def send(address: tuple[str, int], body: bytes, headers: dict[str, str]) -> int:
 
 
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
-    ),
-    max_leaves=20,
-)
 
 
 def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

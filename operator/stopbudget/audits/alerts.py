@@ -7,8 +7,11 @@ answer (202) never waits for it.
 
 Pure parts (no I/O, no clock: they take ``now``), testable without HTTP:
 
+* :func:`decode_body` / :func:`content_codings`: undo ``Content-Encoding``, bounded;
 * :func:`parse_payload`: bytes -> :class:`WebhookPayload`, or :class:`PayloadError`
-  with the reason (malformed JSON, wrong version, missing or mistyped fields);
+  with the reason (malformed JSON, wrong version, missing or mistyped fields).  Each
+  alert is validated on its own, with what the background computes (times in UTC):
+  a bad alert is dropped and listed (:class:`RejectedAlert`), never its whole group;
 * :func:`selects` / :func:`match_policies`: an alert selects a policy by its
   labels ``stoppolicy`` + ``namespace`` (exact), or by the policy's
   ``audit.alerts.matchLabels`` (all listed labels equal; empty matches nothing);
@@ -52,7 +55,16 @@ from typing import Annotated, Any, Literal
 import pydantic_core
 from aiohttp import hdrs, web
 from aiohttp.typedefs import LooseHeaders
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+)
 from pydantic.alias_generators import to_camel
 
 from stopbudget.api import AlertRecord, AlertStatus, StopPolicySpec
@@ -88,12 +100,21 @@ def _text_only(value: object) -> object:
     return value
 
 
-#: An RFC 3339 time with a zone, as Alertmanager writes it (no epoch numbers).
-Timestamp = Annotated[AwareDatetime, BeforeValidator(_text_only)]
+def _in_utc(value: datetime) -> datetime:
+    """The time in UTC, checked now: ``0001-01-01T00:30:00+01:00`` is valid RFC 3339 but
+    before year 1 in UTC, and converting it later would fail after the 202."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{value.isoformat()} is outside years 1-9999 in UTC") from None
+
+
+#: An RFC 3339 time with a zone, as Alertmanager writes it (no epoch numbers), in UTC.
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_text_only), AfterValidator(_in_utc)]
 
 
 class WebhookAlert(_Wire):
-    """One alert of a webhook payload."""
+    """One alert of a webhook payload, validated on its own: a bad one costs only itself."""
 
     status: AlertStatus
     labels: Labels
@@ -109,8 +130,23 @@ class WebhookAlert(_Wire):
         return self.labels.get("alertname", "")
 
 
+@dataclass(frozen=True)
+class RejectedAlert:
+    """An alert of a payload that failed validation: dropped, counted and logged; the
+    others of its payload are processed."""
+
+    #: Its position in the payload's ``alerts``.
+    index: int
+    #: ``firing`` or ``resolved`` when that much was readable, else ``unknown``.
+    status: str
+    problems: tuple[str, ...]
+
+
 class WebhookPayload(_Wire):
-    """The body of an Alertmanager webhook notification, payload version 4."""
+    """The body of an Alertmanager webhook notification, payload version 4.
+
+    ``alerts`` holds the valid alerts; :attr:`rejected` the others (see :func:`parse_payload`).
+    """
 
     version: Literal["4"]
     group_key: str
@@ -123,6 +159,12 @@ class WebhookPayload(_Wire):
     alerts: list[WebhookAlert]
     #: Alerts left out by the receiver's ``max_alerts``.
     truncated_alerts: int = Field(0, ge=0, strict=True)
+    _rejected: tuple[RejectedAlert, ...] = PrivateAttr(default=())
+
+    @property
+    def rejected(self) -> tuple[RejectedAlert, ...]:
+        """The alerts of the body that failed validation, in payload order."""
+        return self._rejected
 
 
 class PayloadError(ValueError):
@@ -209,8 +251,27 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return text or "(payload)"
 
 
+def _problems(exc: ValidationError, prefix: tuple[int | str, ...] = ()) -> list[str]:
+    return [
+        f"{_location((*prefix, *err['loc']))}: {err['msg']}"
+        for err in exc.errors(include_url=False)
+    ]
+
+
+def _status_of(raw: object) -> str:
+    status = raw.get("status") if isinstance(raw, dict) else None
+    return status if status in (AlertStatus.FIRING, AlertStatus.RESOLVED) else "unknown"
+
+
 def parse_payload(body: bytes) -> WebhookPayload:
-    """Parse and validate a webhook body; :class:`PayloadError` names what is wrong."""
+    """Parse and validate a webhook body; :class:`PayloadError` names what is wrong.
+
+    Each alert is validated on its own, including what the background will compute with
+    (its times must exist in UTC): an invalid alert is left out of ``alerts`` and listed
+    in :attr:`WebhookPayload.rejected`, so it never costs the others of its group.  The
+    payload is refused as a whole when its own fields are invalid, or when it has alerts
+    and none is valid.
+    """
     try:
         data: Any = pydantic_core.from_json(body)
     except ValueError as exc:
@@ -224,15 +285,31 @@ def parse_payload(body: bytes) -> WebhookPayload:
             f"unsupported payload version {shown}: this receiver reads Alertmanager's "
             f"webhook payload version {PAYLOAD_VERSION!r}"
         )
+    raw_alerts = data.get("alerts")
+    valid: list[WebhookAlert] = []
+    rejected: list[RejectedAlert] = []
+    if isinstance(raw_alerts, list):
+        for index, raw in enumerate(raw_alerts):
+            try:
+                valid.append(WebhookAlert.model_validate(raw))
+            except ValidationError as exc:
+                where = ("alerts", index)
+                rejected.append(RejectedAlert(index, _status_of(raw), tuple(_problems(exc, where))))
+        data = {**data, "alerts": valid}  # instances: not validated again
+    alert_problems = [p for r in rejected for p in r.problems]
     try:
-        return WebhookPayload.model_validate(data)
+        payload = WebhookPayload.model_validate(data)
     except ValidationError as exc:
-        problems = [
-            f"{_location(err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False)
-        ]
+        everything = _problems(exc) + alert_problems
         raise PayloadError(
-            f"invalid payload: {len(problems)} problem(s)", problems[:MAX_PROBLEMS]
+            f"invalid payload: {len(everything)} problem(s)", everything[:MAX_PROBLEMS]
         ) from None
+    if rejected and not valid:
+        raise PayloadError(
+            f"invalid payload: {len(alert_problems)} problem(s)", alert_problems[:MAX_PROBLEMS]
+        )
+    payload._rejected = tuple(rejected)
+    return payload
 
 
 # --------------------------------------------------------------------------- matching
@@ -328,6 +405,9 @@ class Outcome(StrEnum):
     UNMATCHED = "unmatched"
     #: The operator's callback failed; nothing was recorded, a repeat will try again.
     ERROR = "error"
+    #: The alert failed validation (e.g. a startsAt outside years 1-9999 in UTC): dropped
+    #: before the 202, which lists it; the others of its payload are processed.
+    INVALID = "invalid"
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -669,7 +749,11 @@ class AlertReceiver:
             return _error(
                 503, "too many notifications queued: retry later", headers={hdrs.RETRY_AFTER: "5"}
             )
-        return web.json_response({"status": "accepted", "alerts": len(payload.alerts)}, status=202)
+        answer: dict[str, Any] = {"status": "accepted", "alerts": len(payload.alerts)}
+        if payload.rejected:
+            answer["rejected"] = len(payload.rejected)
+            answer["problems"] = [p for r in payload.rejected for p in r.problems][:MAX_PROBLEMS]
+        return web.json_response(answer, status=202)
 
     # -- the background
 
@@ -698,10 +782,21 @@ class AlertReceiver:
 
     async def process(self, payload: WebhookPayload) -> None:
         """Match and dedupe ``payload``, then call back once per selected policy."""
+        count = self.metrics.alerts_received
+        if payload.rejected:
+            for rejected in payload.rejected:
+                count.labels(status=rejected.status, outcome=Outcome.INVALID.value).inc()
+            log.warning(
+                "dropped %d invalid alert(s) of an Alertmanager notification (group %s), "
+                "processed the %d others: %s",
+                len(payload.rejected),
+                payload.group_key[:200],
+                len(payload.alerts),
+                payload.rejected[0].problems[0][:300],
+            )
         plan = plan_payload(
             payload, self.policies(), self.clock(), known=self._known, config=self.dedupe
         )
-        count = self.metrics.alerts_received
         for alert in plan.unmatched:
             count.labels(status=alert.status.value, outcome=Outcome.UNMATCHED.value).inc()
             log.info(
