@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from stopbudget import endpoints
 from stopbudget.api import StopPolicySpec
+from stopbudget.audits import alerts as alerts_module
 from stopbudget.audits.alerts import (
     DEFAULT_PATH,
     RECEIVER,
@@ -37,8 +38,10 @@ from stopbudget.audits.alerts import (
     Outcome,
     PayloadError,
     PolicyAlerts,
+    PolicyIndex,
     PolicyTarget,
     WebhookAlert,
+    WebhookPayload,
     content_codings,
     create_app,
     decode_body,
@@ -549,6 +552,165 @@ def test_plan_known_records_override_the_snapshot() -> None:
     assert (first.trigger_audit, again.trigger_audit) == (True, False)
 
 
+def reference_observe(
+    records: Sequence[AlertRecord], alert: WebhookAlert, now: datetime, config: DedupeConfig
+) -> tuple[tuple[AlertRecord, ...], Outcome]:
+    """The plain definition of :func:`observe` (expire, fold, append, expire), as it was
+    written before issue 15 made the fold one pass: the oracle of the fast one."""
+    now = now.astimezone(UTC)
+    starts_at = alert.starts_at.astimezone(UTC)
+    key = (alert.fingerprint, starts_at)
+    kept: list[AlertRecord] = []
+    known: AlertRecord | None = None
+    for record in expire(records, now, config):
+        if (record.fingerprint, record.starts_at.astimezone(UTC)) == key:
+            known = record
+            continue
+        if (
+            record.fingerprint == alert.fingerprint
+            and record.status is AlertStatus.FIRING
+            and record.starts_at < starts_at
+        ):
+            kept.append(record.model_copy(update={"status": AlertStatus.RESOLVED}))
+            continue
+        kept.append(record)
+    newer = any(r.fingerprint == alert.fingerprint and r.starts_at > starts_at for r in kept)
+    if alert.status is AlertStatus.FIRING:
+        outcome = Outcome.DUPLICATE if known or newer else Outcome.TRIGGERED
+        status = known.status if known else (AlertStatus.RESOLVED if newer else AlertStatus.FIRING)
+    else:
+        resolved_before = known and known.status is AlertStatus.RESOLVED
+        outcome = Outcome.DUPLICATE if resolved_before else Outcome.RESOLVED
+        status = AlertStatus.RESOLVED
+    kept.append(
+        AlertRecord(
+            fingerprint=alert.fingerprint,
+            starts_at=starts_at,
+            status=status,
+            alertname=alert.alertname[:256],
+            last_seen=now,
+        )
+    )
+    return expire(kept, now, config), outcome
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    payloads=st.lists(
+        st.lists(
+            st.tuples(
+                st.integers(0, 12).map(lambda i: f"fp{i}"),
+                st.integers(0, 5).map(lambda h: f"2024-05-01T0{h}:00:00+0{h % 3}:00"),
+                st.sampled_from(["firing", "resolved"]),
+            ),
+            max_size=40,
+        ),
+        max_size=4,
+    ),
+    gaps=st.lists(st.integers(0, 30 * 3600), min_size=4, max_size=4),
+    max_records=st.integers(1, 8),
+    ttls=st.tuples(st.integers(0, 30), st.integers(0, 30)),
+)
+def test_planning_a_payload_is_the_plain_fold_of_its_alerts(
+    payloads: list[list[tuple[str, str, str]]],
+    gaps: list[int],
+    max_records: int,
+    ttls: tuple[int, int],
+) -> None:
+    """Issue 15, defect 3: plan_payload folds a payload in one pass per alert (it expired
+    and sorted every record twice per alert: a second for 8,750 alerts); it must still
+    be exactly the plain definition, evictions, expiry and ties included."""
+    cfg = DedupeConfig(
+        firing_ttl=timedelta(hours=ttls[0]),
+        resolved_ttl=timedelta(hours=ttls[1]),
+        max_records=max_records,
+    )
+    expected: tuple[AlertRecord, ...] = ()
+    known: dict[tuple[str, str], tuple[AlertRecord, ...]] = {}
+    now = T0
+    for events, gap in zip(payloads, gaps, strict=False):
+        now += timedelta(seconds=gap)
+        docs = [alert_doc(f, starts_at=t, status=st_) for f, t, st_ in events]
+        payload = parse_payload(
+            encode(payload_doc(*docs) if docs else {**payload_doc(), "alerts": []})
+        )
+        outcomes = []
+        for alert in payload.alerts:
+            expected, outcome = reference_observe(expected, alert, now, cfg)
+            outcomes.append(outcome)
+        plan = plan_payload(payload, [LLAMA], now, known=known, config=cfg)
+        if not payload.alerts:
+            assert plan.policies == ()
+            continue
+        (update,) = plan.policies
+        assert [o for _, o in update.outcomes] == outcomes
+        assert update.alerts == expected
+        known = {LLAMA.key: update.alerts}
+
+
+target_labels = st.dictionaries(
+    st.sampled_from(["team", "model", "env", "stoppolicy"]),
+    st.sampled_from(["a", "b", "c"]),
+    max_size=3,
+)
+policy_targets = st.lists(
+    st.builds(
+        PolicyTarget,
+        namespace=st.sampled_from(["ns1", "ns2"]),
+        name=st.sampled_from(["a", "b", "c"]),
+        match_labels=target_labels,
+    ),
+    max_size=12,
+)
+alert_labels = st.dictionaries(
+    st.sampled_from(["team", "model", "env", "stoppolicy", "namespace", "alertname"]),
+    st.sampled_from(["a", "b", "c", "ns1", "ns2"]),
+    max_size=6,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(targets=policy_targets, labels=st.lists(alert_labels, max_size=5))
+def test_the_policy_index_matches_as_selects_does(
+    targets: list[PolicyTarget], labels: list[dict[str, str]]
+) -> None:
+    index = PolicyIndex(targets)
+    for one in labels:
+        assert index.match(one) == [t for t in targets if selects(one, t)]
+
+
+def test_the_policy_index_looks_only_at_policies_sharing_a_label() -> None:
+    """Matching costs the alert's labels and the policies sharing one, not every policy."""
+    checked: list[str] = []
+
+    class Counting(dict[str, str]):
+        def get(self, key: str, default: Any = None) -> Any:
+            checked.append(key)
+            return super().get(key, default)
+
+    targets = [PolicyTarget("ns", f"p{i}", match_labels={"team": f"t{i}"}) for i in range(1000)]
+    targets += [PolicyTarget("ns", f"q{i}") for i in range(1000)]
+    index = PolicyIndex(targets)
+    assert index.match(Counting({"alertname": "x", "team": "nobody"})) == []
+    assert len(checked) <= 4
+    checked.clear()
+    assert index.match(Counting({"team": "t7"})) == [targets[7]]
+    assert index.match(Counting({"stoppolicy": "q3", "namespace": "ns"})) == [targets[1003]]
+    assert len(checked) <= 12
+
+
+def test_an_events_reason_lists_a_few_names() -> None:
+    docs = [
+        alert_doc(f"f{i}", labels={**alert_doc()["labels"], "alertname": f"A{i:04d}"})
+        for i in range(5000)
+    ]
+    (update,) = plan_payload(parse_payload(encode(payload_doc(*docs))), TARGETS, T0).policies
+    assert (
+        update.reason
+        == "alert firing (A0000, A0001, A0002, A0003, A0004 and 4995 more): audit requested"
+    )
+
+
 alert_events = st.lists(
     st.tuples(
         st.sampled_from(["f1", "f2", "f3"]),
@@ -1025,6 +1187,98 @@ async def test_answers_at_once_while_the_callback_blocks(tmp_path: Path) -> None
         gate.set()
         await asyncio.wait_for(hook.receiver.join(), timeout=10)
         assert recorder.triggers == 3
+
+
+class Gate:
+    """Blocks a worker thread until released; says whether it was ever reached, and
+    whether it gave up (the thread was the event loop's, so the test could not go on)."""
+
+    def __init__(self) -> None:
+        self.reached = threading.Event()
+        self.release = threading.Event()
+        self.gave_up = False
+
+    def wait(self) -> None:
+        self.reached.set()
+        if not self.release.wait(timeout=5):
+            self.gave_up = True
+
+    async def reached_within(self, seconds: float = 10) -> None:
+        assert await asyncio.to_thread(self.reached.wait, seconds)
+
+
+class BlockingLabels(dict[str, str]):
+    """matchLabels that block the thread that indexes them, at the gate."""
+
+    def __init__(self, gate: Gate, labels: dict[str, str]) -> None:
+        super().__init__(labels)
+        self.gate = gate
+
+    def items(self) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            self.gate.wait()
+        return super().items()
+
+
+async def test_the_loop_answers_while_a_payload_is_planned(tmp_path: Path) -> None:
+    """Issue 15, defect 3: matching and dedupe ran on the event loop (8,750 alerts took
+    ~1.7 s, during which /healthz and every other request waited).  Here planning is held
+    in its thread: the next notification must still get its 202 meanwhile."""
+    gate = Gate()
+    blocking = PolicyTarget("serving", "slow", match_labels=BlockingLabels(gate, {"x": "y"}))
+    async with serve(tmp_path, targets=[*TARGETS, blocking]) as hook:
+        assert (await hook.post(payload_doc(alert_doc("a"))))[0] == 202
+        await gate.reached_within()
+        assert (await hook.post(payload_doc(alert_doc("b"))))[0] == 202
+        assert hook.recorder.calls == 0  # "a" is still being planned
+        gate.release.set()
+        await asyncio.wait_for(hook.receiver.join(), timeout=10)
+        assert hook.recorder.triggers == 2
+    assert not gate.gave_up
+
+
+async def test_the_loop_answers_while_a_big_body_is_parsed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body over INLINE_BYTES is decoded and parsed in a thread: held there, the loop
+    still answers a small notification."""
+    gate = Gate()
+    parse = alerts_module.parse_payload
+
+    def held(body: bytes) -> WebhookPayload:
+        if len(body) > alerts_module.INLINE_BYTES:
+            gate.wait()
+        return parse(body)
+
+    monkeypatch.setattr(alerts_module, "parse_payload", held)
+    big = payload_doc(*[alert_doc(f"big{i}") for i in range(200)])
+    assert len(encode(big)) > alerts_module.INLINE_BYTES
+    async with serve(tmp_path) as hook:
+        first = asyncio.create_task(hook.post(big))
+        await gate.reached_within()
+        assert (await hook.post(payload_doc(alert_doc("small"))))[0] == 202
+        gate.release.set()
+        status, body, _ = await first
+        assert (status, body["alerts"]) == (202, 200)
+    assert not gate.gave_up
+
+
+async def test_queued_alerts_are_bounded(tmp_path: Path) -> None:
+    """Parsed payloads wait in memory: beyond max_queued_alerts, 503 and Retry-After (the
+    first payload is always taken, whatever its size)."""
+    gate = asyncio.Event()
+    recorder = Recorder(gate=gate)
+    async with serve(tmp_path, recorder=recorder, max_queued_alerts=5) as hook:
+        six = payload_doc(*[alert_doc(f"six{i}") for i in range(6)])
+        assert (await hook.post(six))[0] == 202  # the queue was empty
+        await recorder.wait_for(lambda: recorder.calls == 1)  # the worker holds it
+        status, body, headers = await hook.post(payload_doc(alert_doc("one more")))
+        assert status == 503
+        assert body["error"] == "6 alerts queued, the limit is 5: retry later"
+        assert headers["Retry-After"] == "5"
+        gate.set()
+        await asyncio.wait_for(hook.receiver.join(), timeout=10)
+        assert (await hook.post(payload_doc(alert_doc("one more"))))[0] == 202
 
 
 async def test_full_queue_answers_503_and_alertmanager_retries(tmp_path: Path) -> None:

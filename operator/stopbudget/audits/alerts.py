@@ -12,9 +12,10 @@ Pure parts (no I/O, no clock: they take ``now``), testable without HTTP:
   with the reason (malformed JSON, wrong version, missing or mistyped fields).  Each
   alert is validated on its own, with what the background computes (times in UTC):
   a bad alert is dropped and listed (:class:`RejectedAlert`), never its whole group;
-* :func:`selects` / :func:`match_policies`: an alert selects a policy by its
+* :func:`selects` / :class:`PolicyIndex`: an alert selects a policy by its
   labels ``stoppolicy`` + ``namespace`` (exact), or by the policy's
   ``audit.alerts.matchLabels`` (all listed labels equal; empty matches nothing);
+  the index makes an alert cost its labels, not the number of policies;
 * :func:`observe` / :func:`plan_payload`: dedupe by (fingerprint, startsAt)
   against a small serialisable record list kept in each policy's status
   (:class:`AlertRecord`, proposed ``status.alerts``), so repeats
@@ -31,21 +32,29 @@ bytes actually read, and the body decoded); 415 for a ``Content-Encoding`` other
 than gzip, deflate or identity (the receiver decodes the body itself: see
 :func:`create_app`); 400 with a JSON reason for any other error caused by the
 request (never a 5xx, which Alertmanager would retry); 405 on other methods; 503 when
-the token file is unreadable or the queue is full (Alertmanager retries 5xx);
-202 at once otherwise.  A single background worker processes payloads in
-order (so two copies of one alert can never race past the dedupe); exceptions
-in the callback are logged and counted, never fatal.
+the token file is unreadable or the queue is full, in payloads or in alerts
+(Alertmanager retries 5xx); 202 at once otherwise.  A single background worker
+processes payloads in order (so two copies of one alert can never race past the
+dedupe); exceptions in the callback are logged and counted, never fatal.  The
+event loop never does the heavy part: bodies over :data:`INLINE_BYTES` are
+decoded and parsed in a thread, and matching and dedupe (linear in the payload)
+run in another, so ``/healthz``, ``/metrics`` and the next notification are
+answered while a payload at the body limit is processed
+(``benchmarks/bench_webhook.py`` measures it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import functools
 import hmac
 import logging
 import os
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -80,6 +89,11 @@ LABEL_POLICY = "stoppolicy"
 LABEL_NAMESPACE = "namespace"
 #: Problems listed in a 400 answer at most.
 MAX_PROBLEMS = 10
+#: Bodies up to this size are parsed on the event loop (well under a millisecond);
+#: bigger or compressed ones in a worker thread, so the loop keeps answering.
+INLINE_BYTES = 16 * 1024
+#: Alerts waiting in the queue at most (a 1 MiB body holds up to ~10,000): beyond, 503.
+DEFAULT_MAX_QUEUED_ALERTS = 50_000
 
 
 # --------------------------------------------------------------------------- the payload
@@ -244,6 +258,11 @@ def decode_body(body: bytes, codings: Sequence[str], limit: int) -> bytes:
     return body
 
 
+def read_payload(body: bytes, codings: Sequence[str], limit: int) -> WebhookPayload:
+    """What a request body means: :func:`decode_body`, then :func:`parse_payload`."""
+    return parse_payload(decode_body(body, codings, limit))
+
+
 def _location(loc: tuple[int | str, ...]) -> str:
     text = ""
     for part in loc:
@@ -364,8 +383,48 @@ def selects(labels: Mapping[str, str], target: PolicyTarget) -> bool:
 def match_policies(
     labels: Mapping[str, str], targets: Iterable[PolicyTarget]
 ) -> list[PolicyTarget]:
-    """The policies an alert with ``labels`` selects."""
-    return [t for t in targets if selects(labels, t)]
+    """The policies an alert with ``labels`` selects, in the order of ``targets``."""
+    return PolicyIndex(targets).match(labels)
+
+
+class PolicyIndex:
+    """The policies indexed by what selects them, so that matching an alert costs its own
+    labels and the policies that share one of them, not every policy (a payload of
+    thousands of alerts against a thousand policies was seconds of CPU).
+
+    A policy is found by (namespace, name), and by one of its ``matchLabels`` pairs: the
+    pair fewest policies share.  Candidates are then checked with :func:`selects`.
+    """
+
+    def __init__(self, targets: Iterable[PolicyTarget]) -> None:
+        self.targets = list(targets)
+        self._by_name: dict[tuple[str, str], list[int]] = {}
+        self._by_pair: dict[tuple[str, str], list[int]] = {}
+        shared: dict[tuple[str, str], int] = {}
+        for target in self.targets:
+            for pair in target.match_labels.items():
+                shared[pair] = shared.get(pair, 0) + 1
+        for i, target in enumerate(self.targets):
+            self._by_name.setdefault(target.key, []).append(i)
+            if target.match_labels:
+                rarest = min(target.match_labels.items(), key=lambda pair: (shared[pair], pair))
+                self._by_pair.setdefault(rarest, []).append(i)
+
+    def match(self, labels: Mapping[str, str]) -> list[PolicyTarget]:
+        """The policies an alert with ``labels`` selects, in the order of the targets."""
+        found: set[int] = set()
+        name, namespace = labels.get(LABEL_POLICY), labels.get(LABEL_NAMESPACE)
+        if name is not None and namespace is not None:
+            found.update(self._by_name.get((namespace, name), ()))
+        if self._by_pair:
+            if len(labels) <= len(self._by_pair):
+                for pair in labels.items():
+                    found.update(self._by_pair.get(pair, ()))
+            else:  # an alert with more labels than there are indexed pairs
+                for pair, indexes in self._by_pair.items():
+                    if labels.get(pair[0]) == pair[1]:
+                        found.update(indexes)
+        return [self.targets[i] for i in sorted(found) if selects(labels, self.targets[i])]
 
 
 # --------------------------------------------------------------------------- dedupe
@@ -411,6 +470,8 @@ class Outcome(StrEnum):
 
 
 def _as_utc(value: datetime) -> datetime:
+    if value.tzinfo is UTC:  # the common case, and called for every record of every alert
+        return value
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
@@ -457,26 +518,45 @@ def observe(
     alert older than a record of its fingerprint is a late copy (duplicate).
     """
     now = _as_utc(now)
+    return _fold(expire(records, now, config), alert, now, config)
+
+
+def _order(record: AlertRecord) -> tuple[datetime, str]:
+    return (_as_utc(record.starts_at), record.fingerprint)
+
+
+def _eviction(record: AlertRecord) -> tuple[bool, datetime]:
+    return (record.status is AlertStatus.FIRING, _as_utc(record.last_seen))
+
+
+def _fold(
+    current: Sequence[AlertRecord], alert: WebhookAlert, now: datetime, config: DedupeConfig
+) -> tuple[tuple[AlertRecord, ...], Outcome]:
+    """:func:`observe` on ``current`` as :func:`expire` returned it at ``now`` (in UTC).
+
+    A payload folds its alerts one after another: one pass over the records per alert,
+    instead of expiring and sorting them twice (``tests/test_alerts.py`` checks it
+    against the plain definition: expire, fold, append, expire).
+    """
     starts_at = _as_utc(alert.starts_at)
-    key = (alert.fingerprint, starts_at)
     kept: list[AlertRecord] = []
     known: AlertRecord | None = None
-    for record in expire(records, now, config):
-        if (record.fingerprint, _as_utc(record.starts_at)) == key:
-            known = record
-            continue
-        if (
-            record.fingerprint == alert.fingerprint
-            and record.status is AlertStatus.FIRING
-            and _as_utc(record.starts_at) < starts_at
-        ):
-            kept.append(record.model_copy(update={"status": AlertStatus.RESOLVED}))
-            continue
+    newer = False
+    for record in current:
+        if record.fingerprint == alert.fingerprint:
+            started = _as_utc(record.starts_at)
+            if started == starts_at:
+                known = record
+                continue
+            if started > starts_at:
+                newer = True
+            elif record.status is AlertStatus.FIRING:
+                # One label set cannot fire twice at once: the older instance is over.
+                record = record.model_copy(update={"status": AlertStatus.RESOLVED})  # noqa: PLW2901
+                if _expired(record, now, config):  # now under the resolved TTL
+                    continue
         kept.append(record)
 
-    newer = any(
-        r.fingerprint == alert.fingerprint and _as_utc(r.starts_at) > starts_at for r in kept
-    )
     if alert.status is AlertStatus.FIRING:
         # Known, or older than an instance already seen (a late copy): nothing to trigger.
         outcome = Outcome.DUPLICATE if known or newer else Outcome.TRIGGERED
@@ -488,16 +568,24 @@ def observe(
             else Outcome.RESOLVED
         )
         status = AlertStatus.RESOLVED
-    kept.append(
-        AlertRecord(
-            fingerprint=alert.fingerprint,
-            starts_at=starts_at,
-            status=status,
-            alertname=alert.alertname[:256],
-            last_seen=now,
-        )
+    new = AlertRecord(
+        fingerprint=alert.fingerprint,
+        starts_at=starts_at,
+        status=status,
+        alertname=alert.alertname[:256],
+        last_seen=now,
     )
-    return expire(kept, now, config), outcome
+    if _expired(new, now, config):  # only with a TTL of zero
+        return tuple(kept), outcome
+    # ``current`` held at most max_records, so at most one goes: the oldest resolved one
+    # (the first of equals in list order, the new record last, as a stable sort would).
+    if len(kept) >= config.max_records:
+        oldest = min(range(len(kept)), key=lambda i: _eviction(kept[i]))
+        if _eviction(new) < _eviction(kept[oldest]):
+            return tuple(kept), outcome
+        del kept[oldest]
+    bisect.insort(kept, new, key=_order)
+    return tuple(kept), outcome
 
 
 @dataclass(frozen=True)
@@ -532,17 +620,23 @@ class Plan:
     unmatched: tuple[WebhookAlert, ...]
 
 
+#: Alert names an Event's message lists at most (a payload may hold thousands).
+MAX_NAMES = 5
+
+
 def _summary(outcomes: Sequence[tuple[WebhookAlert, Outcome]], trigger: bool) -> str:
-    def names(wanted: Outcome) -> list[str]:
-        return sorted({a.alertname or a.fingerprint for a, o in outcomes if o is wanted})
+    def names(wanted: Outcome) -> str:
+        found = sorted({a.alertname or a.fingerprint for a, o in outcomes if o is wanted})
+        shown = ", ".join(name[:80] for name in found[:MAX_NAMES])
+        return shown + (f" and {len(found) - MAX_NAMES} more" if len(found) > MAX_NAMES else "")
 
     parts = []
     if trigger:
-        parts.append(f"alert firing ({', '.join(names(Outcome.TRIGGERED))}): audit requested")
+        parts.append(f"alert firing ({names(Outcome.TRIGGERED)}): audit requested")
     if no_audit := names(Outcome.NO_AUDIT):
-        parts.append(f"alert firing ({', '.join(no_audit)}) but the policy has no audit section")
+        parts.append(f"alert firing ({no_audit}) but the policy has no audit section")
     if resolved := names(Outcome.RESOLVED):
-        parts.append(f"alert resolved ({', '.join(resolved)})")
+        parts.append(f"alert resolved ({resolved})")
     if dups := [a for a, o in outcomes if o is Outcome.DUPLICATE]:
         parts.append(f"{len(dups)} repeat(s) ignored")
     return "; ".join(parts)
@@ -561,21 +655,24 @@ def plan_payload(
     ``known`` overrides ``target.alerts`` (the receiver's in-memory copy, newer
     than the operator's snapshot of status).  Alerts are folded in payload order.
     """
-    targets = list(targets)
+    index = PolicyIndex(targets)
     known = known or {}
+    now = _as_utc(now)
     records: dict[tuple[str, str], tuple[AlertRecord, ...]] = {}
     outcomes: dict[tuple[str, str], list[tuple[WebhookAlert, Outcome]]] = {}
     by_key: dict[tuple[str, str], PolicyTarget] = {}
     unmatched: list[WebhookAlert] = []
     for alert in payload.alerts:
-        selected = match_policies(alert.labels, targets)
+        selected = index.match(alert.labels)
         if not selected:
             unmatched.append(alert)
         for target in selected:
             k = target.key
             by_key[k] = target
-            current = records.get(k, tuple(known.get(k, target.alerts)))
-            records[k], outcome = observe(current, alert, now, config)
+            current = records.get(k)
+            if current is None:
+                current = expire(known.get(k, target.alerts), now, config)
+            records[k], outcome = _fold(current, alert, now, config)
             if outcome is Outcome.TRIGGERED and not target.auditable:
                 outcome = Outcome.NO_AUDIT
             outcomes.setdefault(k, []).append((alert, outcome))
@@ -667,11 +764,18 @@ class AlertReceiver:
         metrics: OperatorMetrics,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         queue_size: int = 256,
+        max_queued_alerts: int = DEFAULT_MAX_QUEUED_ALERTS,
         callback_timeout: float = 60.0,
         dedupe: DedupeConfig = DEFAULT_DEDUPE,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self.token = TokenFile(token_file)
+        self.max_queued_alerts = max_queued_alerts
+        self._queued_alerts = 0
+        #: Threads for the heavy parts (started and stopped with the application; the
+        #: loop's default executor without it): parsing big bodies, and planning.
+        self._parsers: ThreadPoolExecutor | None = None
+        self._planner: ThreadPoolExecutor | None = None
         self.on_alerts = on_alerts
         self.policies = policies
         self.metrics = metrics
@@ -728,7 +832,12 @@ class AlertReceiver:
             body = await request.read()  # client_max_size enforces the limit on what is read
             if getattr(request.content, "total_compressed_bytes", None) is not None:
                 codings = []  # served with aiohttp's auto_decompress: decoded already
-            payload = parse_payload(decode_body(body, codings, self.max_body_bytes))
+            if codings or len(body) > INLINE_BYTES:
+                payload = await asyncio.get_running_loop().run_in_executor(
+                    self._parsers, read_payload, body, codings, self.max_body_bytes
+                )
+            else:
+                payload = read_payload(body, codings, self.max_body_bytes)
         except PayloadError as exc:
             headers = {hdrs.ACCEPT_ENCODING: ACCEPT_ENCODING} if exc.status == 415 else None
             return _error(exc.status, exc.reason, exc.problems, headers=headers)
@@ -743,12 +852,20 @@ class AlertReceiver:
                 payload.truncated_alerts,
                 payload.group_key,
             )
+        queued = self._queued_alerts
+        if queued and queued + len(payload.alerts) > self.max_queued_alerts:
+            return _error(
+                503,
+                f"{queued} alerts queued, the limit is {self.max_queued_alerts}: retry later",
+                headers={hdrs.RETRY_AFTER: "5"},
+            )
         try:
             self._queue.put_nowait(payload)
         except asyncio.QueueFull:
             return _error(
                 503, "too many notifications queued: retry later", headers={hdrs.RETRY_AFTER: "5"}
             )
+        self._queued_alerts += len(payload.alerts)
         answer: dict[str, Any] = {"status": "accepted", "alerts": len(payload.alerts)}
         if payload.rejected:
             answer["rejected"] = len(payload.rejected)
@@ -778,6 +895,7 @@ class AlertReceiver:
                         status=alert.status.value, outcome=Outcome.ERROR.value
                     ).inc()
             finally:
+                self._queued_alerts -= len(payload.alerts)
                 self._queue.task_done()
 
     async def process(self, payload: WebhookPayload) -> None:
@@ -794,8 +912,18 @@ class AlertReceiver:
                 len(payload.alerts),
                 payload.rejected[0].problems[0][:300],
             )
-        plan = plan_payload(
-            payload, self.policies(), self.clock(), known=self._known, config=self.dedupe
+        # Matching and dedupe are linear in the payload but may take a good part of a second
+        # for thousands of alerts: in a thread, on snapshots, while the loop keeps answering.
+        plan = await asyncio.get_running_loop().run_in_executor(
+            self._planner,
+            functools.partial(
+                plan_payload,
+                payload,
+                list(self.policies()),
+                self.clock(),
+                known=dict(self._known),
+                config=self.dedupe,
+            ),
         )
         for alert in plan.unmatched:
             count.labels(status=alert.status.value, outcome=Outcome.UNMATCHED.value).inc()
@@ -821,7 +949,9 @@ class AlertReceiver:
                 count.labels(status=alert.status.value, outcome=outcome.value).inc()
 
     async def lifespan(self, app: web.Application) -> AsyncIterator[None]:
-        """aiohttp cleanup context: the worker runs while the application does."""
+        """aiohttp cleanup context: the worker and its threads run while the application does."""
+        self._parsers = ThreadPoolExecutor(2, thread_name_prefix="stopbudget-webhook-parse")
+        self._planner = ThreadPoolExecutor(1, thread_name_prefix="stopbudget-webhook-plan")
         task = asyncio.create_task(self.worker(), name="stopbudget-alert-worker")
         yield
         if left := self._queue.qsize():
@@ -829,6 +959,9 @@ class AlertReceiver:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        for pool in (self._parsers, self._planner):
+            pool.shutdown(wait=False, cancel_futures=True)
+        self._parsers = self._planner = None
 
 
 #: The receiver behind an application made by :func:`create_app`.
@@ -844,6 +977,7 @@ def create_app(
     path: str = DEFAULT_PATH,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     queue_size: int = 256,
+    max_queued_alerts: int = DEFAULT_MAX_QUEUED_ALERTS,
     callback_timeout: float = 60.0,
     dedupe: DedupeConfig = DEFAULT_DEDUPE,
     clock: Callable[[], datetime] = _utcnow,
@@ -866,6 +1000,7 @@ def create_app(
         metrics=metrics,
         max_body_bytes=max_body_bytes,
         queue_size=queue_size,
+        max_queued_alerts=max_queued_alerts,
         callback_timeout=callback_timeout,
         dedupe=dedupe,
         clock=clock,
