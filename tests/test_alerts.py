@@ -35,6 +35,7 @@ from stopbudget.audits.alerts import (
     AlertRecord,
     AlertStatus,
     DedupeConfig,
+    LogBudget,
     Outcome,
     PayloadError,
     PolicyAlerts,
@@ -1428,6 +1429,200 @@ async def test_unmatched_alerts_are_counted(tmp_path: Path) -> None:
         await asyncio.wait_for(hook.receiver.join(), timeout=10)
         assert hook.alerts("firing", "unmatched") == 1
         assert hook.recorder.calls == 0
+
+
+def webhook_lines(caplog: pytest.LogCaptureFixture, level: int = logging.INFO) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == alerts_module.__name__ and r.levelno >= level
+    ]
+
+
+class Ticks:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def mixed_payload(unmatched: int, tag: str = "") -> dict[str, Any]:
+    """``unmatched`` alerts no policy selects, two for llama (a twin), one for mistral,
+    one invalid."""
+    mistral = {"alertname": "Slow", "model": "mistral", "team": "ml"}
+    others = [
+        alert_doc(f"{tag}u{i}", labels={"alertname": "Other", "instance": f"host{i}"})
+        for i in range(unmatched)
+    ]
+    bad = alert_doc(f"{tag}bad", starts_at=OUT_OF_UTC[0])
+    return payload_doc(
+        alert_doc(f"{tag}l"),
+        alert_doc(f"{tag}l"),
+        alert_doc(f"{tag}m", labels=mistral),
+        bad,
+        *others,
+    )
+
+
+async def test_one_log_line_per_payload_whatever_its_size(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 15, defect 4: every alert that matched no policy logged its own INFO line
+    (533,677 lines, 82 MB, in 3 minutes of fuzzing).  Now one line per payload with the
+    counts, the alerts counter by outcome, and per-alert lines only at DEBUG."""
+    caplog.set_level(logging.INFO)
+    async with serve(tmp_path) as hook:
+        for n in range(3):
+            status, body, _ = await hook.post(mixed_payload(500, tag=f"p{n}-"))
+            assert (status, body["alerts"], body["rejected"]) == (202, 503, 1)
+        await asyncio.wait_for(hook.receiver.join(), timeout=30)
+        lines = webhook_lines(caplog)
+        assert len(lines) == 3, lines
+        assert lines[0].startswith(
+            "Alertmanager notification (receiver 'stopbudget', group "
+            "'{}:{alertname=\"StopBudgetEMLow\"}'): 504 alert(s): 3 matched 2 policies, "
+            "500 unmatched, 1 invalid, 1 duplicate(s), 2 audit(s) requested; "
+            "invalid: alerts[3].startsAt: Value error, 0001-01-01T00:30:00+01:00 is outside "
+            "years 1-9999 in UTC"
+        ), lines[0]
+        assert hook.alerts("firing", "unmatched") == 1500
+        assert hook.alerts("firing", "invalid") == 3
+        assert hook.alerts("firing", "triggered") == 6
+        assert hook.alerts("firing", "duplicate") == 3
+        assert all(len(line) < 1500 for line in lines)
+
+
+async def test_an_example_of_an_unmatched_alert_at_most_once_a_minute(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    ticks = Ticks()
+    async with serve(tmp_path, monotonic=ticks) as hook:
+        for n, at in enumerate([0, 10, 59, 61]):
+            ticks.now = 1000.0 + at
+            assert (await hook.post(mixed_payload(2, tag=f"p{n}-")))[0] == 202
+            await asyncio.wait_for(hook.receiver.join(), timeout=10)
+    lines = webhook_lines(caplog)
+    assert len(lines) == 4
+    example = "; no StopPolicy selects e.g. alert 'Other' (fingerprint 'p{}-u0', labels "
+    assert example.format(0) in lines[0]
+    assert "more unmatched since" not in lines[0]
+    assert all("no StopPolicy selects" not in line for line in lines[1:3])
+    assert example.format(3) in lines[3]
+    assert lines[3].endswith("(5 more unmatched since)")
+
+
+async def test_a_payload_cannot_forge_log_lines(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger=alerts_module.__name__)
+    forged = "\n2024-05-01 12:00:00 ERROR forged"
+    doc = payload_doc(
+        alert_doc("a" + forged, labels={"alertname": "x" + forged}),
+        alert_doc("b", labels={"k" + forged: 3}),  # type: ignore[dict-item]
+    )
+    doc["receiver"] += forged
+    doc["groupKey"] += forged
+    async with serve(tmp_path) as hook:
+        assert (await hook.post(doc))[0] == 202
+        await asyncio.wait_for(hook.receiver.join(), timeout=10)
+    lines = webhook_lines(caplog, logging.DEBUG)
+    assert len(lines) == 2
+    assert all("\n" not in line for line in lines)
+    assert all(forged.encode("unicode_escape").decode() in line for line in lines)
+
+
+async def test_per_alert_lines_at_debug_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger=alerts_module.__name__)
+    async with serve(tmp_path) as hook:
+        assert (await hook.post(mixed_payload(20)))[0] == 202
+        await asyncio.wait_for(hook.receiver.join(), timeout=10)
+    debug = [line for line in webhook_lines(caplog, logging.DEBUG) if "selects no" in line]
+    assert len(debug) == 20
+    assert len(webhook_lines(caplog)) == 1
+
+
+async def test_truncated_alerts_are_in_the_payloads_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with serve(tmp_path) as hook:
+        assert (await hook.post({**payload_doc(), "truncatedAlerts": 7}))[0] == 202
+        await asyncio.wait_for(hook.receiver.join(), timeout=10)
+    (line,) = webhook_lines(caplog)
+    assert "1 alert(s): 1 matched 1 policy," in line
+    assert "7 more left out by Alertmanager (max_alerts)" in line
+    assert [r.levelno for r in caplog.records if r.getMessage() == line] == [logging.WARNING]
+
+
+async def test_failures_are_logged_a_few_times_a_minute(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A callback failing for many policies logs a few tracebacks a minute, then counts."""
+    ticks = Ticks()
+    targets = [PolicyTarget("serving", f"p{i}") for i in range(20)]
+    docs = [
+        alert_doc(f"f{i}", labels={"stoppolicy": f"p{i}", "namespace": "serving"})
+        for i in range(20)
+    ]
+    recorder = Recorder(failures=40)
+    async with serve(tmp_path, recorder=recorder, targets=targets, monotonic=ticks) as hook:
+        assert (await hook.post(payload_doc(*docs)))[0] == 202
+        await asyncio.wait_for(hook.receiver.join(), timeout=10)
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == alerts_module.FAILURES_PER_MINUTE
+        assert all(r.exc_info for r in errors)
+        assert hook.alerts("firing", "error") == 20
+        (line,) = [m for m in webhook_lines(caplog) if m.startswith("Alertmanager notification")]
+        assert "20 failed to apply (the next repeat retries them)" in line
+        ticks.now += 61
+        caplog.clear()
+        docs = [{**d, "fingerprint": d["fingerprint"] + "x"} for d in docs]
+        assert (await hook.post(payload_doc(*docs)))[0] == 202
+        await asyncio.wait_for(hook.receiver.join(), timeout=10)
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == alerts_module.FAILURES_PER_MINUTE
+        skipped = 20 - alerts_module.FAILURES_PER_MINUTE
+        assert f"({skipped} more failures since, not logged)" in errors[0].getMessage()
+
+
+async def test_an_internal_error_is_a_500_logged_a_few_times_a_minute(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a bug answers 500 (the fuzz test finds none); if one does, it cannot flood."""
+
+    def broken(body: bytes, codings: Sequence[str], limit: int) -> WebhookPayload:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(alerts_module, "read_payload", broken)
+    async with serve(tmp_path) as hook:
+        for _ in range(10):
+            status, body, _ = await hook.post(payload_doc())
+            assert (status, body) == (500, {"error": "internal error (logged by the operator)"})
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == alerts_module.FAILURES_PER_MINUTE
+
+
+@pytest.mark.parametrize(
+    ("events", "allowed"),
+    [
+        ([0, 1, 2, 3], [0]),
+        ([0, 59.9, 60, 61, 120], [0, 60, 120]),
+    ],
+)
+def test_log_budget(events: list[float], allowed: list[float]) -> None:
+    budget = LogBudget(per=60.0, lines=1)
+    assert [at for at in events if budget.take(at) is not None] == allowed
+
+
+def test_log_budget_counts_what_it_held_back() -> None:
+    budget = LogBudget(per=60.0, lines=2)
+    assert [budget.take(t) for t in (0, 1, 2, 3, 61, 62, 63)] == [0, 0, None, None, 2, 0, None]
 
 
 # --------------------------------------------------------------------------- fuzz

@@ -41,6 +41,13 @@ decoded and parsed in a thread, and matching and dedupe (linear in the payload)
 run in another, so ``/healthz``, ``/metrics`` and the next notification are
 answered while a payload at the body limit is processed
 (``benchmarks/bench_webhook.py`` measures it).
+
+The log stays readable under a flood: one line per payload with its counts
+(:func:`payload_line`; a warning when alerts were invalid, left out by
+``max_alerts`` or failed to apply), the counter ``stopbudget_alertmanager_alerts_total``
+by status and outcome, alerts no policy selects one by one only at DEBUG, and an
+example of one, like tracebacks, a few times a minute at most (:class:`LogBudget`).
+Untrusted text is logged as repr, bounded, so a payload cannot forge log lines.
 """
 
 from __future__ import annotations
@@ -52,7 +59,9 @@ import functools
 import hmac
 import logging
 import os
+import time
 import zlib
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -618,6 +627,9 @@ class Plan:
 
     policies: tuple[PolicyAlerts, ...]
     unmatched: tuple[WebhookAlert, ...]
+    #: Alerts by (status, outcome), as the alerts counter counts them: once per selected
+    #: policy, unmatched and invalid ones once.
+    counts: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
 
 #: Alert names an Event's message lists at most (a payload may hold thousands).
@@ -691,7 +703,90 @@ def plan_payload(
                 reason=_summary(outcomes[k], trigger),
             )
         )
-    return Plan(tuple(result), tuple(unmatched))
+    counts: Counter[tuple[str, str]] = Counter()
+    for rejected in payload.rejected:
+        counts[rejected.status, Outcome.INVALID.value] += 1
+    for alert in unmatched:
+        counts[alert.status.value, Outcome.UNMATCHED.value] += 1
+    for update in result:
+        for alert, outcome in update.outcomes:
+            counts[alert.status.value, outcome.value] += 1
+    return Plan(tuple(result), tuple(unmatched), counts)
+
+
+# --------------------------------------------------------------------------- the log
+
+
+class LogBudget:
+    """At most ``lines`` log lines of one kind per ``per`` seconds; counts what it holds back.
+
+    Pure (the caller passes a monotonic ``now``), so a flood of bad input costs a few
+    lines a minute, each saying how many were left out since the one before.
+    """
+
+    def __init__(self, per: float = 60.0, lines: int = 1) -> None:
+        self.per = per
+        self.lines = lines
+        self._window: float | None = None
+        self._used = 0
+        self._held = 0
+
+    def take(self, now: float, count: int = 1) -> int | None:
+        """Whether a line showing one of ``count`` events may be written at ``now``: None
+        when not (the events are counted), else how many were held back since the last line.
+        """
+        if self._window is None or now >= self._window + self.per:
+            self._window, self._used = now, 0
+        if self._used >= self.lines:
+            self._held += count
+            return None
+        self._used += 1
+        held, self._held = self._held, count - 1
+        return held
+
+
+#: Tracebacks (a failing callback, a failed request) logged per minute at most.
+FAILURES_PER_MINUTE = 3
+#: Characters of a label set or a problem shown in a log line at most.
+SHOWN_CHARS = 300
+
+
+def _shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """``value`` for a log line: repr (quotes, escapes: no forged lines), at most ``limit``."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _printable(text: str, limit: int = SHOWN_CHARS) -> str:
+    return text[:limit] if text[:limit].isprintable() else _shown(text, limit)
+
+
+def _plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
+def payload_line(payload: WebhookPayload, plan: Plan, failed: int = 0) -> str:
+    """The one log line of a processed payload: what came in and what became of it."""
+    counts: Counter[str] = Counter()
+    for (_, outcome), n in plan.counts.items():
+        counts[outcome] += n
+    received = len(payload.alerts) + len(payload.rejected)
+    matched = len(payload.alerts) - len(plan.unmatched)
+    audits = sum(update.trigger_audit for update in plan.policies)
+    text = (
+        f"Alertmanager notification (receiver {_shown(payload.receiver[:100])}, group "
+        f"{_shown(payload.group_key[:200])}): {received} alert(s): {matched} matched "
+        f"{_plural(len(plan.policies), 'policy', 'policies')}, {len(plan.unmatched)} unmatched, "
+        f"{len(payload.rejected)} invalid, {counts[Outcome.DUPLICATE.value]} duplicate(s), "
+        f"{audits} audit(s) requested"
+    )
+    if payload.truncated_alerts:
+        text += f", {payload.truncated_alerts} more left out by Alertmanager (max_alerts)"
+    if failed:
+        text += f", {failed} failed to apply (the next repeat retries them)"
+    if payload.rejected:
+        text += f"; invalid: {_printable(payload.rejected[0].problems[0])}"
+    return text
 
 
 # --------------------------------------------------------------------------- the token
@@ -768,8 +863,13 @@ class AlertReceiver:
         callback_timeout: float = 60.0,
         dedupe: DedupeConfig = DEFAULT_DEDUPE,
         clock: Callable[[], datetime] = _utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.token = TokenFile(token_file)
+        self.monotonic = monotonic
+        #: An example of an alert no policy selects, once a minute (the counts are per payload).
+        self._unmatched_log = LogBudget(per=60.0, lines=1)
+        self._failure_log = LogBudget(per=60.0, lines=FAILURES_PER_MINUTE)
         self.max_queued_alerts = max_queued_alerts
         self._queued_alerts = 0
         #: Threads for the heavy parts (started and stopped with the application; the
@@ -799,11 +899,18 @@ class AlertReceiver:
         except web.HTTPException as exc:
             headers = {h: exc.headers[h] for h in _KEPT_HEADERS if h in exc.headers}
             response = _error(exc.status, exc.text or exc.reason, headers=headers)
-        except Exception:
-            log.exception("webhook request failed")
+        except Exception:  # noqa: BLE001 - logged with its traceback by _log_failure
+            self._log_failure("webhook request failed")
             response = _error(500, "internal error (logged by the operator)")
         self.metrics.webhook_requests.labels(code=str(response.status)).inc()
         return response
+
+    def _log_failure(self, message: str, *args: object) -> None:
+        """Log the exception being handled, with its traceback, a few times a minute."""
+        held = self._failure_log.take(self.monotonic())
+        if held is not None:
+            since = f" ({held} more failures since, not logged)" if held else ""
+            log.error(message + since, *args, exc_info=True)
 
     def _unauthorized(self, reason: str, *, invalid: bool) -> web.Response:
         challenge = 'Bearer realm="stopbudget"' + (', error="invalid_token"' if invalid else "")
@@ -846,12 +953,6 @@ class AlertReceiver:
             cause = exc.__cause__ or exc
             detail = getattr(cause, "message", "") or str(cause) or type(cause).__name__
             return _error(400, f"the request body could not be read: {detail}")
-        if payload.truncated_alerts:
-            log.warning(
-                "Alertmanager left out %d alert(s) of group %s (max_alerts)",
-                payload.truncated_alerts,
-                payload.group_key,
-            )
         queued = self._queued_alerts
         if queued and queued + len(payload.alerts) > self.max_queued_alerts:
             return _error(
@@ -888,30 +989,19 @@ class AlertReceiver:
             payload = await self._queue.get()
             try:
                 await self.process(payload)
-            except Exception:
-                log.exception("processing an Alertmanager notification failed")
-                for alert in payload.alerts:
-                    self.metrics.alerts_received.labels(
-                        status=alert.status.value, outcome=Outcome.ERROR.value
-                    ).inc()
+            except Exception:  # noqa: BLE001 - logged with its traceback by _log_failure
+                self._log_failure("processing an Alertmanager notification failed")
+                count = self.metrics.alerts_received
+                for status in {alert.status.value for alert in payload.alerts}:
+                    n = sum(alert.status.value == status for alert in payload.alerts)
+                    count.labels(status=status, outcome=Outcome.ERROR.value).inc(n)
             finally:
                 self._queued_alerts -= len(payload.alerts)
                 self._queue.task_done()
 
     async def process(self, payload: WebhookPayload) -> None:
-        """Match and dedupe ``payload``, then call back once per selected policy."""
-        count = self.metrics.alerts_received
-        if payload.rejected:
-            for rejected in payload.rejected:
-                count.labels(status=rejected.status, outcome=Outcome.INVALID.value).inc()
-            log.warning(
-                "dropped %d invalid alert(s) of an Alertmanager notification (group %s), "
-                "processed the %d others: %s",
-                len(payload.rejected),
-                payload.group_key[:200],
-                len(payload.alerts),
-                payload.rejected[0].problems[0][:300],
-            )
+        """Match and dedupe ``payload``, call back once per selected policy, then count its
+        alerts and write its one log line."""
         # Matching and dedupe are linear in the payload but may take a good part of a second
         # for thousands of alerts: in a thread, on snapshots, while the loop keeps answering.
         plan = await asyncio.get_running_loop().run_in_executor(
@@ -925,28 +1015,52 @@ class AlertReceiver:
                 config=self.dedupe,
             ),
         )
-        for alert in plan.unmatched:
-            count.labels(status=alert.status.value, outcome=Outcome.UNMATCHED.value).inc()
-            log.info(
-                "alert %s (%s) selects no StopPolicy: labels %s",
-                alert.alertname,
-                alert.fingerprint,
-                dict(alert.labels),
-            )
+        counts = Counter(plan.counts)
+        failed = 0
         for update in plan.policies:
             try:
                 async with asyncio.timeout(self.callback_timeout):
                     await self.on_alerts(update)
-            except Exception:
-                log.exception(
+            except Exception:  # noqa: BLE001 - logged with its traceback by _log_failure
+                self._log_failure(
                     "applying alerts to StopPolicy %s/%s failed", update.namespace, update.name
                 )
-                for alert, _ in update.outcomes:
-                    count.labels(status=alert.status.value, outcome=Outcome.ERROR.value).inc()
+                for alert, outcome in update.outcomes:
+                    counts[alert.status.value, outcome.value] -= 1
+                    counts[alert.status.value, Outcome.ERROR.value] += 1
+                failed += len(update.outcomes)
                 continue
             self._known[update.key] = update.alerts
-            for alert, outcome in update.outcomes:
-                count.labels(status=alert.status.value, outcome=outcome.value).inc()
+        for (status, result), n in counts.items():
+            if n:
+                self.metrics.alerts_received.labels(status=status, outcome=result).inc(n)
+        self._log_payload(payload, plan, failed)
+
+    def _log_payload(self, payload: WebhookPayload, plan: Plan, failed: int) -> None:
+        """One line per payload (a warning when something was wrong with it); alerts no
+        policy selects one by one only at DEBUG, and an example of one once a minute."""
+        if log.isEnabledFor(logging.DEBUG):
+            for alert in plan.unmatched:
+                log.debug(
+                    "alert %s (%s) selects no StopPolicy: labels %s",
+                    _shown(alert.alertname, 100),
+                    _shown(alert.fingerprint),
+                    _shown(dict(alert.labels)),
+                )
+        line = payload_line(payload, plan, failed)
+        if plan.unmatched:
+            held = self._unmatched_log.take(self.monotonic(), len(plan.unmatched))
+            if held is not None:
+                example = plan.unmatched[0]
+                line += (
+                    f"; no StopPolicy selects e.g. alert {_shown(example.alertname, 100)} "
+                    f"(fingerprint {_shown(example.fingerprint)}, labels "
+                    f"{_shown(dict(example.labels))})"
+                )
+                if held:
+                    line += f" ({held} more unmatched since)"
+        wrong = payload.rejected or payload.truncated_alerts or failed
+        log.log(logging.WARNING if wrong else logging.INFO, "%s", line)
 
     async def lifespan(self, app: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup context: the worker and its threads run while the application does."""
@@ -981,6 +1095,7 @@ def create_app(
     callback_timeout: float = 60.0,
     dedupe: DedupeConfig = DEFAULT_DEDUPE,
     clock: Callable[[], datetime] = _utcnow,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> web.Application:
     """The webhook application: ``POST {path}``; ``app[RECEIVER]`` is its :class:`AlertReceiver`.
 
@@ -1004,6 +1119,7 @@ def create_app(
         callback_timeout=callback_timeout,
         dedupe=dedupe,
         clock=clock,
+        monotonic=monotonic,
     )
     app = web.Application(client_max_size=max_body_bytes, middlewares=[receiver.middleware])
     app[RECEIVER] = receiver
