@@ -1227,11 +1227,12 @@ async def test_the_loop_answers_while_a_payload_is_planned(tmp_path: Path) -> No
     in its thread: the next notification must still get its 202 meanwhile."""
     gate = Gate()
     blocking = PolicyTarget("serving", "slow", match_labels=BlockingLabels(gate, {"x": "y"}))
+    big = [alert_doc(f"a{i}") for i in range(alerts_module.INLINE_ALERTS + 1)]
     async with serve(tmp_path, targets=[*TARGETS, blocking]) as hook:
-        assert (await hook.post(payload_doc(alert_doc("a"))))[0] == 202
+        assert (await hook.post(payload_doc(*big)))[0] == 202
         await gate.reached_within()
         assert (await hook.post(payload_doc(alert_doc("b"))))[0] == 202
-        assert hook.recorder.calls == 0  # "a" is still being planned
+        assert hook.recorder.calls == 0  # the big one is still being planned
         gate.release.set()
         await asyncio.wait_for(hook.receiver.join(), timeout=10)
         assert hook.recorder.triggers == 2
@@ -1628,23 +1629,32 @@ def test_log_budget_counts_what_it_held_back() -> None:
 # --------------------------------------------------------------------------- fuzz
 
 
+@dataclass
+class Served:
+    """An application served from a thread's own event loop."""
+
+    address: tuple[str, int]
+    loop: asyncio.AbstractEventLoop
+
+    async def run(self, coro: Any) -> Any:
+        """Await ``coro`` on the server's loop, from another loop."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+
 @contextlib.contextmanager
-def threaded_server(app: web.Application) -> Iterator[tuple[str, int]]:
-    """Serve ``app`` on 127.0.0.1 from a thread, for synchronous (hypothesis) clients."""
+def threaded_server(app: web.Application) -> Iterator[Served]:
+    """Serve ``app`` on 127.0.0.1 as ``handlers.startup`` serves the webhook
+    (``endpoints.serve``, ``auto_decompress=False``), from a thread with its own loop."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    runner = web.AppRunner(app)
 
     def call(coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=10)
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=30)
 
-    call(runner.setup())
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    call(site.start())
-    host, port = runner.addresses[0][:2]
+    runner, port = call(endpoints.serve(app, "127.0.0.1", 0, auto_decompress=False))
     try:
-        yield host, port
+        yield Served(("127.0.0.1", port), loop)
     finally:
         call(runner.cleanup())
         loop.call_soon_threadsafe(loop.stop)
@@ -1668,8 +1678,8 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
         max_body_bytes=64 * 1024,
         queue_size=100_000,
     )
-    with threaded_server(app) as address:
-        yield address
+    with threaded_server(app) as served:
+        yield served.address
 
 
 def send(address: tuple[str, int], body: bytes, headers: dict[str, str]) -> int:

@@ -38,9 +38,9 @@ processes payloads in order (so two copies of one alert can never race past the
 dedupe); exceptions in the callback are logged and counted, never fatal.  The
 event loop never does the heavy part: bodies over :data:`INLINE_BYTES` are
 decoded and parsed in a thread, and matching and dedupe (linear in the payload)
-run in another, so ``/healthz``, ``/metrics`` and the next notification are
-answered while a payload at the body limit is processed
-(``benchmarks/bench_webhook.py`` measures it).
+of all but small payloads (:data:`INLINE_ALERTS`) run in another, so ``/healthz``,
+``/metrics`` and the next notification are answered while a payload at the body
+limit is processed (``benchmarks/bench_webhook.py`` measures it).
 
 The log stays readable under a flood: one line per payload with its counts
 (:func:`payload_line`; a warning when alerts were invalid, left out by
@@ -101,7 +101,16 @@ MAX_PROBLEMS = 10
 #: Bodies up to this size are parsed on the event loop (well under a millisecond);
 #: bigger or compressed ones in a worker thread, so the loop keeps answering.
 INLINE_BYTES = 16 * 1024
-#: Alerts waiting in the queue at most (a 1 MiB body holds up to ~10,000): beyond, 503.
+#: Payloads of up to this many alerts, against up to this many policies, are planned on
+#: the event loop (a millisecond or two): handing them to a thread would cost more, up to
+#: the interpreter's 5 ms switch interval while other threads are busy.
+INLINE_ALERTS = 64
+INLINE_POLICIES = 256
+#: The worker holds the event loop this long at most before it lets requests in.
+WORKER_SLICE = 0.005
+#: Payloads, and alerts, waiting in the queue at most (a 1 MiB body holds up to ~10,000
+#: alerts; the alerts bound the memory): beyond, 503 and Retry-After.
+DEFAULT_QUEUE_SIZE = 1024
 DEFAULT_MAX_QUEUED_ALERTS = 50_000
 
 
@@ -858,7 +867,7 @@ class AlertReceiver:
         policies: Targets,
         metrics: OperatorMetrics,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-        queue_size: int = 256,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
         max_queued_alerts: int = DEFAULT_MAX_QUEUED_ALERTS,
         callback_timeout: float = 60.0,
         dedupe: DedupeConfig = DEFAULT_DEDUPE,
@@ -985,8 +994,19 @@ class AlertReceiver:
 
     async def worker(self) -> None:
         """Process queued payloads one at a time, forever; errors never stop it."""
+        loop = asyncio.get_running_loop()
+        held_since = loop.time()
         while True:
-            payload = await self._queue.get()
+            if loop.time() - held_since > WORKER_SLICE:
+                # A long queue of small payloads is processed without ever suspending:
+                # let requests in every few milliseconds, and no more often.
+                await asyncio.sleep(0)
+                held_since = loop.time()
+            if self._queue.empty():
+                payload = await self._queue.get()
+                held_since = loop.time()
+            else:
+                payload = self._queue.get_nowait()
             try:
                 await self.process(payload)
             except Exception:  # noqa: BLE001 - logged with its traceback by _log_failure
@@ -1002,19 +1022,17 @@ class AlertReceiver:
     async def process(self, payload: WebhookPayload) -> None:
         """Match and dedupe ``payload``, call back once per selected policy, then count its
         alerts and write its one log line."""
-        # Matching and dedupe are linear in the payload but may take a good part of a second
-        # for thousands of alerts: in a thread, on snapshots, while the loop keeps answering.
-        plan = await asyncio.get_running_loop().run_in_executor(
-            self._planner,
-            functools.partial(
-                plan_payload,
-                payload,
-                list(self.policies()),
-                self.clock(),
-                known=dict(self._known),
-                config=self.dedupe,
-            ),
+        targets = list(self.policies())
+        planning = functools.partial(
+            plan_payload, payload, targets, self.clock(), known=self._known, config=self.dedupe
         )
+        if len(payload.alerts) <= INLINE_ALERTS and len(targets) <= INLINE_POLICIES:
+            plan = planning()
+        else:
+            # Linear in the payload, but a good part of a second for thousands of alerts:
+            # in a thread, on snapshots, while the loop keeps answering.
+            planning.keywords["known"] = dict(self._known)
+            plan = await asyncio.get_running_loop().run_in_executor(self._planner, planning)
         counts = Counter(plan.counts)
         failed = 0
         for update in plan.policies:
@@ -1090,7 +1108,7 @@ def create_app(
     metrics: OperatorMetrics,
     path: str = DEFAULT_PATH,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    queue_size: int = 256,
+    queue_size: int = DEFAULT_QUEUE_SIZE,
     max_queued_alerts: int = DEFAULT_MAX_QUEUED_ALERTS,
     callback_timeout: float = 60.0,
     dedupe: DedupeConfig = DEFAULT_DEDUPE,
