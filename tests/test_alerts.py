@@ -10,6 +10,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import threading
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -1624,6 +1625,21 @@ def test_log_budget(events: list[float], allowed: list[float]) -> None:
 def test_log_budget_counts_what_it_held_back() -> None:
     budget = LogBudget(per=60.0, lines=2)
     assert [budget.take(t) for t in (0, 1, 2, 3, 61, 62, 63)] == [0, 0, None, None, 2, 0, None]
+
+
+def test_the_readme_states_the_webhooks_answers() -> None:
+    """The status-code contract lives in the README's webhook part: every code the
+    receiver answers, with the limits it applies."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    part = readme[readme.index("The webhook answers at once") : readme.index("## Observability")]
+    codes = {int(m) for m in re.findall(r"^\| (\d{3}) \|", part, flags=re.MULTILINE)}
+    assert codes == {202, 400, 401, 405, 413, 415, 503}
+    assert alerts_module.DEFAULT_MAX_BODY_BYTES == 1 << 20
+    assert "over 1 MiB" in part
+    assert f"{alerts_module.DEFAULT_QUEUE_SIZE:,} notifications" in part
+    assert f"{alerts_module.DEFAULT_MAX_QUEUED_ALERTS:,} alerts wait" in part
+    assert "gzip, deflate or identity" in part
+    assert alerts_module.ACCEPT_ENCODING == "gzip, deflate, identity"
 
 
 # --------------------------------------------------------------------------- fuzz
