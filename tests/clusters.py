@@ -15,6 +15,7 @@ finalizers included, so that a later operator run never meets them.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import time
@@ -79,6 +80,12 @@ class Cluster(Protocol):
         within: float = 10.0,
     ) -> Obj | None: ...
 
+    def events(self, namespace: str) -> list[Obj]: ...
+
+    def wait_for_event(
+        self, namespace: str, name: str, reason: str, count: int = 1, within: float = 20.0
+    ) -> None: ...
+
 
 @dataclass
 class EmulatedCluster:
@@ -125,6 +132,42 @@ class EmulatedCluster:
         within: float = 10.0,
     ) -> Obj | None:
         return self.threaded.wait_for(api_version, kind, namespace, name, predicate, within)
+
+    def events(self, namespace: str) -> list[Obj]:
+        def stored() -> list[Obj]:
+            objects = self.threaded.cluster.emulator.objects
+            return [
+                copy.deepcopy(objects[key].raw)
+                for key in list(objects)
+                if key[0].plural == "events" and key[1] == namespace and not objects[key].deleted
+            ]
+
+        found: list[Obj] = self.threaded.run(stored)
+        return found
+
+    def wait_for_event(
+        self, namespace: str, name: str, reason: str, count: int = 1, within: float = 20.0
+    ) -> None:
+        _wait_for_event(self, namespace, name, reason, count, within)
+
+
+def _wait_for_event(
+    cluster: Cluster, namespace: str, name: str, reason: str, count: int, within: float
+) -> None:
+    """Poll until ``count`` Events of ``reason`` about ``name`` are stored: the operator
+    posts Events after it writes status, and stopping it sooner can cut a POST short."""
+    deadline = time.monotonic() + within
+    while True:
+        found = [
+            e
+            for e in cluster.events(namespace)
+            if e.get("reason") == reason and (e.get("involvedObject") or {}).get("name") == name
+        ]
+        if len(found) >= count:
+            return
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{count} Event(s) {reason} about {namespace}/{name} not posted")
+        time.sleep(0.05)
 
 
 def plural(kind: str) -> str:
@@ -280,6 +323,15 @@ class ApiServerCluster:
                     f"{within}s; last seen: {json.dumps(obj)[:2000]}"
                 )
             time.sleep(0.05)
+
+    def events(self, namespace: str) -> list[Obj]:
+        listed = self.real.request("GET", f"/api/v1/namespaces/{namespace}/events") or {}
+        return list(listed.get("items") or [])
+
+    def wait_for_event(
+        self, namespace: str, name: str, reason: str, count: int = 1, within: float = 20.0
+    ) -> None:
+        _wait_for_event(self, namespace, name, reason, count, within)
 
 
 def chart_objects(values: Obj | None = None) -> list[Obj]:

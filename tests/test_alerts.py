@@ -916,6 +916,22 @@ async def test_valid_payload_is_accepted_and_processed(tmp_path: Path) -> None:
         assert hook.alerts("firing", "triggered") == 1
 
 
+async def test_503_until_the_operator_knows_every_policy(tmp_path: Path) -> None:
+    """An alert accepted before the operator has met the policies could match none and be
+    lost after the 202: until then the answer is 503 with Retry-After (Alertmanager retries)."""
+    ready = False
+    async with serve(tmp_path, ready=lambda: ready) as hook:
+        status, body, headers = await hook.post(payload_doc())
+        assert status == 503
+        assert "does not know every StopPolicy yet" in body["error"]
+        assert headers["Retry-After"] == "2"
+        assert hook.recorder.calls == 0
+        assert (await hook.post(payload_doc(), token="wrong"))[0] == 401  # auth comes first
+        ready = True
+        assert (await hook.post(payload_doc()))[0] == 202
+        await hook.recorder.wait_for(lambda: len(hook.recorder.updates) == 1)
+
+
 async def test_no_token(tmp_path: Path) -> None:
     async with serve(tmp_path) as hook:
         status, body, headers = await hook.post(payload_doc(), token=None)

@@ -15,6 +15,7 @@ Each runs on both Kubernetes backends (the `cluster` fixture, tests/clusters.py)
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from kopf.testing import KopfRunner
 
 from stopbudget import devservers
 from stopbudget.curve import wilson_lower
+from stopbudget.reconcile import first_delay
 from tests.clusters import Cluster
 from tests.openai_server import MODEL, Canned, ThreadedOpenAIServer, reply
 
@@ -183,6 +185,7 @@ def test_audit_measures_the_known_curve_and_the_law_uses_it(
         )
         assert "stopbudget.io/audit-requested" not in (obj or {})["metadata"].get("annotations", {})
         assert len(server.requests) == 80
+        cluster.wait_for_event(cluster.ns, "chat", "AuditSucceeded", count=2)
     assert runner.exception is None, runner.output
     assert "AuditSucceeded" in runner.output
 
@@ -208,6 +211,7 @@ def test_a_failed_audit_keeps_the_previous_curve(
         assert status["curveSource"] == "prior"
         degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
         assert degraded["status"] == "True"
+        cluster.wait_for_event(cluster.ns, "chat", "AuditFailed")
     assert runner.exception is None, runner.output
 
 
@@ -264,10 +268,11 @@ groups:
             'stoppolicy="chat",trigger="alert"} 1.0'
         ) in text
         assert 'stopbudget_alertmanager_alerts_total{outcome="triggered",status="firing"}' in text
+        cluster.wait_for_event(cluster.ns, "chat", "AuditSucceeded", count=2)
     assert runner.exception is None, runner.output
 
 
-def _post_alert(port: int, token: str, ns: str, starts_at: str) -> int:
+def _post_alert(port: int, token: str, ns: str, starts_at: str, policy: str = "chat") -> int:
     payload = {
         "version": "4",
         "groupKey": '{}:{alertname="StopPolicyEMBelowFloor"}',
@@ -283,7 +288,7 @@ def _post_alert(port: int, token: str, ns: str, starts_at: str) -> int:
                 "status": "firing",
                 "labels": {
                     "alertname": "StopPolicyEMBelowFloor",
-                    "stoppolicy": "chat",
+                    "stoppolicy": policy,
                     "namespace": ns,
                 },
                 "annotations": {},
@@ -300,8 +305,12 @@ def _post_alert(port: int, token: str, ns: str, starts_at: str) -> int:
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
         method="POST",
     )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return int(response.status)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return int(exc.code)
 
 
 def test_alert_dedupe_survives_an_operator_restart(
@@ -331,6 +340,7 @@ def test_alert_dedupe_survives_an_operator_restart(
             *SP, cluster.ns, "chat", _last_audit("Succeeded", "alert"), within=30
         )
         first_alert_audit = _status(obj)["lastAudit"]["time"]
+        cluster.wait_for_event(cluster.ns, "chat", "AuditSucceeded", count=2)
     assert runner.exception is None, runner.output
     requests_before = len(server.requests)
     stopped = _status(cluster.get(*SP, cluster.ns, "chat"))["lastEvaluationTime"]
@@ -381,4 +391,57 @@ def test_alert_dedupe_survives_an_operator_restart(
             within=30,
         )
         assert _status(obj)["lastAudit"]["trigger"] == "alert"
+        cluster.wait_for_event(cluster.ns, "chat", "AuditSucceeded", count=3)
+    assert runner.exception is None, runner.output
+
+
+def test_an_alert_right_after_a_restart_is_never_lost(
+    cluster: Cluster,
+    model_server: tuple[Any, dict[int, int], list[dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """After a restart a policy's first tick waits up to half its interval; an alert that
+    arrives before it must not be accepted and lost: 503 until the policy is known, then
+    202 and the audit."""
+    server, _, items = model_server
+    webhook_port, metrics_port = devservers.free_port(), devservers.free_port()
+    token = tmp_path / "token"
+    token.write_text("t0ken", encoding="utf-8")
+    _env(monkeypatch, cluster, "http://127.0.0.1:9", metrics_port)
+    monkeypatch.setenv("STOPBUDGET_WEBHOOK_PORT", str(webhook_port))
+    monkeypatch.setenv("STOPBUDGET_WEBHOOK_TOKEN_FILE", str(token))
+    policy = _policy(cluster.ns, server.url)
+    policy["spec"]["control"]["interval"] = "1h"
+    # A name whose first tick after a restart comes late (the offset is stable per name).
+    name = next(
+        f"chat-{i}"
+        for i in range(100)
+        if first_delay(cluster.ns, f"chat-{i}", policy["spec"]) > 120
+    )
+    policy["metadata"]["name"] = name
+    cluster.create(_deployment(cluster.ns))
+    cluster.create(_configmap(cluster.ns, items))
+    with KopfRunner(OPERATOR, timeout=60) as runner:
+        cluster.create(policy)
+        cluster.wait_for(*SP, cluster.ns, name, _last_audit("Succeeded", "spec-change"), 30)
+        cluster.wait_for_event(cluster.ns, name, "AuditSucceeded")
+    assert runner.exception is None, runner.output
+
+    answers: list[int] = []
+
+    def accepted() -> bool:
+        try:
+            answers.append(
+                _post_alert(webhook_port, "t0ken", cluster.ns, "2026-11-23T10:00:00Z", name)
+            )
+        except OSError:  # not listening yet
+            return False
+        return answers[-1] == 202
+
+    with KopfRunner(OPERATOR, timeout=60) as runner:
+        devservers.wait_until(accepted, timeout=30, what="the webhook to accept the alert")
+        assert set(answers) <= {202, 503}, answers
+        cluster.wait_for(*SP, cluster.ns, name, _last_audit("Succeeded", "alert"), within=30)
+        cluster.wait_for_event(cluster.ns, name, "AuditSucceeded", count=2)
     assert runner.exception is None, runner.output

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from stopbudget import api
-from stopbudget.reconcile import _dump, _raw_interval, first_delay, read_status
+from stopbudget.metrics import OperatorMetrics
+from stopbudget.reconcile import Services, _dump, _raw_interval, first_delay, meet, read_status
+from stopbudget.settings import Settings
 
 
 def test_first_tick_offsets_are_stable_spread_and_bounded() -> None:
@@ -70,3 +74,41 @@ def test_removed_signals_are_deleted_by_the_patch_and_absent_when_read_back() ->
     stored = read_status(STORED)
     body = _dump(stored.status.model_copy(update={"signals": {}}), stored)
     assert body["signals"] == {"queue": None}
+
+
+# ------------------------------------------------------------------ the webhook's readiness
+
+
+async def test_the_webhook_is_ready_once_every_listed_policy_is_met() -> None:
+    services = Services(
+        settings=Settings(),
+        kube=None,
+        reader=None,
+        metrics=OperatorMetrics(),  # type: ignore[arg-type]
+    )
+    services.settle_deadline = asyncio.get_running_loop().time() + 60
+    assert not services.webhook_ready()  # not listed yet
+    services.expected = {("serving", "a"), ("serving", "b"), ("serving", "gone")}
+    spec = {"targetRef": {"name": "vllm"}, "budget": {"min": 1, "max": 8, "sink": {"type": "env",
+            "name": "M"}}, "quality": {"emTarget": 0.8, "emFloor": 0.7}}  # fmt: skip
+    meet(services.runtime("serving", "a"), spec, None)
+    assert services.runtimes["serving", "a"].target is not None  # matchable before its tick
+    meet(services.runtime("serving", "b"), {"budget": "invalid"}, None)  # met, not matchable
+    assert services.runtimes["serving", "b"].target is None
+    assert not services.webhook_ready()
+    await services.forget("serving", "gone")  # deleted before its daemon started
+    assert services.webhook_ready()
+
+
+async def test_the_webhook_stops_waiting_at_the_deadline() -> None:
+    services = Services(
+        settings=Settings(),
+        kube=None,
+        reader=None,
+        metrics=OperatorMetrics(),  # type: ignore[arg-type]
+    )
+    services.expected = {("serving", "never-met")}
+    services.settle_deadline = asyncio.get_running_loop().time() + 60
+    assert not services.webhook_ready()
+    services.settle_deadline = asyncio.get_running_loop().time() - 1
+    assert services.webhook_ready()

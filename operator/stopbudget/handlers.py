@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 RESOURCE = (api.GROUP, api.VERSION, api.PLURAL)
 FINALIZER = f"{api.GROUP}/finalizer"
 READINESS = endpoints.Readiness()
+#: Longest the webhook answers 503 after a start while it has not met every StopPolicy.
+WEBHOOK_SETTLE_SECONDS = 60.0
 
 
 def run(
@@ -104,11 +106,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     runners.append(runner)
     log.info("metrics and health on %s:%d", config.bind_address, port)
     if config.webhook_token_file is not None:
+        await know_the_policies(services, config)
         webhook = alerts.create_app(
             token_file=config.webhook_token_file,
             on_alerts=services.on_alerts,
             policies=services.targets,
             metrics=metrics,
+            ready=services.webhook_ready,
         )
         runner, port = await endpoints.serve(
             webhook, config.bind_address, config.webhook_port, auto_decompress=False
@@ -120,6 +124,18 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo["services"] = services
     memo["runners"] = runners
     READINESS.ready = True
+
+
+async def know_the_policies(services: reconcile.Services, config: Settings) -> None:
+    """List the policies, so that the webhook waits until each daemon has met its own."""
+    services.settle_deadline = asyncio.get_running_loop().time() + WEBHOOK_SETTLE_SECONDS
+    try:
+        services.expected = await services.kube.list_policies(config.namespaces)
+    except KubeError as exc:
+        log.warning(
+            "StopPolicies not listed (%s): the webhook answers 503 for %d s", exc,
+            WEBHOOK_SETTLE_SECONDS,
+        )  # fmt: skip
 
 
 @kopf.on.cleanup()
@@ -151,6 +167,7 @@ async def control_loop(
     assert namespace is not None  # StopPolicy is namespaced
     services: reconcile.Services = memo["services"]
     runtime = services.runtime(namespace, name)
+    reconcile.meet(runtime, body.get("spec", {}), body.get("status"))
     if (body.get("status") or {}).get("lastEvaluationTime"):
         # An operator restart starts every daemon at once: spread the first ticks of
         # existing policies so they do not stay in step. A new policy ticks at once.

@@ -296,6 +296,29 @@ class Kube:
             "Deployment", namespace, name, self._apps.read_namespaced_deployment, name, namespace
         )
 
+    async def list_policies(self, namespaces: tuple[str, ...] = ()) -> set[tuple[str, str]]:
+        """``(namespace, name)`` of the StopPolicies in ``namespaces`` (all when empty)."""
+        if not namespaces:
+            listed = [
+                await self._call(
+                    "StopPolicy", "*", "*", self._custom.list_cluster_custom_object,
+                    api.GROUP, api.VERSION, api.PLURAL,
+                )
+            ]  # fmt: skip
+        else:
+            listed = [
+                await self._call(
+                    "StopPolicy", ns, "*", self._custom.list_namespaced_custom_object,
+                    api.GROUP, api.VERSION, ns, api.PLURAL,
+                )
+                for ns in namespaces
+            ]  # fmt: skip
+        return {
+            (item["metadata"]["namespace"], item["metadata"]["name"])
+            for answer in listed
+            for item in answer.get("items") or []
+        }
+
     async def get_config_map(self, namespace: str, name: str) -> dict[str, Any]:
         """The ConfigMap as the API returns it; :class:`TargetNotFound` if there is none."""
         return await self._call(

@@ -85,6 +85,8 @@ class Runtime:
     alert_updates: list[alerts.PolicyAlerts] = field(default_factory=list)
     #: The policy as the Alertmanager webhook sees it (refreshed every tick).
     target: alerts.PolicyTarget | None = None
+    #: This process has met the policy (its daemon started): see Services.webhook_ready.
+    met: bool = False
 
     @property
     def auditing(self) -> bool:
@@ -127,6 +129,12 @@ class Services:
     clock: Callable[[], datetime] = _now
     runtimes: dict[tuple[str, str], Runtime] = field(default_factory=dict)
     audit_slots: asyncio.Semaphore | None = None
+    #: The policies listed at start-up (None: not listed): until each is met, the webhook
+    #: answers 503 rather than accept an alert it could match to no policy and lose.
+    expected: set[tuple[str, str]] | None = None
+    #: Loop time after which the webhook accepts alerts anyway (a policy deleted before
+    #: its daemon started, or a failed listing, must not close it for ever).
+    settle_deadline: float = 0.0
 
     def runtime(self, namespace: str, name: str) -> Runtime:
         key = (namespace, name)
@@ -134,8 +142,18 @@ class Services:
             self.runtimes[key] = Runtime(namespace, name)
         return self.runtimes[key]
 
+    def webhook_ready(self) -> bool:
+        """Whether every policy listed at start-up has been met (or the wait is over)."""
+        if asyncio.get_running_loop().time() >= self.settle_deadline:
+            return True
+        if self.expected is None:
+            return False
+        return all(key in self.runtimes and self.runtimes[key].met for key in self.expected)
+
     async def forget(self, namespace: str, name: str) -> None:
         """A policy is gone: stop its audit, drop its series and its in-memory state."""
+        if self.expected is not None:
+            self.expected.discard((namespace, name))
         runtime = self.runtimes.pop((namespace, name), None)
         if runtime is not None:
             await runtime.stop_audit()
@@ -236,6 +254,20 @@ def first_delay(namespace: str, name: str, raw_spec: Mapping[str, Any]) -> float
     """
     spread = zlib.crc32(f"{namespace}/{name}".encode()) / 2**32
     return spread * _raw_interval(raw_spec) / 2
+
+
+def meet(
+    runtime: Runtime, raw_spec: Mapping[str, Any], raw_status: Mapping[str, Any] | None
+) -> None:
+    """Make the policy known to the webhook now, before its first tick (which an operator
+    restart delays by up to half an interval): alerts that select it are not lost."""
+    with contextlib.suppress(ValidationError):
+        spec = api.StopPolicySpec.model_validate(dict(raw_spec))
+        records = read_status(raw_status).status.alerts
+        runtime.target = alerts.PolicyTarget.from_spec(
+            runtime.namespace, runtime.name, spec, records
+        )
+    runtime.met = True
 
 
 def paused_by_annotation(annotations: Mapping[str, str]) -> bool:

@@ -873,8 +873,12 @@ class AlertReceiver:
         dedupe: DedupeConfig = DEFAULT_DEDUPE,
         clock: Callable[[], datetime] = _utcnow,
         monotonic: Callable[[], float] = time.monotonic,
+        ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self.token = TokenFile(token_file)
+        #: False while the operator does not know every StopPolicy yet (just started): an
+        #: alert accepted then could match no policy and be lost, so the answer is 503.
+        self.ready = ready
         self.monotonic = monotonic
         #: An example of an alert no policy selects, once a minute (the counts are per payload).
         self._unmatched_log = LogBudget(per=60.0, lines=1)
@@ -939,6 +943,12 @@ class AlertReceiver:
         given = credentials.strip().encode("utf-8", "surrogatepass")
         if not hmac.compare_digest(given, token):
             return self._unauthorized("invalid bearer token", invalid=True)
+        if not self.ready():
+            return _error(
+                503,
+                "the operator is starting and does not know every StopPolicy yet: retry",
+                headers={hdrs.RETRY_AFTER: "2"},
+            )
 
         length = request.content_length
         if length is not None and length > self.max_body_bytes:
@@ -1114,6 +1124,7 @@ def create_app(
     dedupe: DedupeConfig = DEFAULT_DEDUPE,
     clock: Callable[[], datetime] = _utcnow,
     monotonic: Callable[[], float] = time.monotonic,
+    ready: Callable[[], bool] = lambda: True,
 ) -> web.Application:
     """The webhook application: ``POST {path}``; ``app[RECEIVER]`` is its :class:`AlertReceiver`.
 
@@ -1124,7 +1135,8 @@ def create_app(
     coding with a plain-text 400 and logs a traceback for a corrupt body.)
 
     ``on_alerts`` is awaited in the background once per payload and selected
-    policy; ``policies`` returns the operator's current snapshot of policies.
+    policy; ``policies`` returns the operator's current snapshot of policies; while
+    ``ready()`` is false (the operator has not met every StopPolicy yet) the answer is 503.
     """
     receiver = AlertReceiver(
         token_file=token_file,
@@ -1138,6 +1150,7 @@ def create_app(
         dedupe=dedupe,
         clock=clock,
         monotonic=monotonic,
+        ready=ready,
     )
     app = web.Application(client_max_size=max_body_bytes, middlewares=[receiver.middleware])
     app[RECEIVER] = receiver
