@@ -101,10 +101,10 @@ MODELS = (
     ("bench/mistral-7b", 40.0, 96.0, 0.97, 35.0),
 )
 PRIOR = [
-    {"budget": 128, "em": 0.41, "n": 200},
-    {"budget": 256, "em": 0.72, "n": 200},
-    {"budget": 512, "em": 0.84, "n": 200},
-    {"budget": 1024, "em": 0.86, "n": 200},
+    {"budget": 128, "em": 0.41, "samples": 200},
+    {"budget": 256, "em": 0.72, "samples": 200},
+    {"budget": 512, "em": 0.84, "samples": 200},
+    {"budget": 1024, "em": 0.86, "samples": 200},
 ]
 ARG_FLAG = "--override-generation-config"
 

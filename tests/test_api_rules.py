@@ -42,7 +42,7 @@ def policies(draw: st.DrawFn) -> dict[str, Any]:
         budget["initial"] = draw(budgets)
     quality: dict[str, Any] = {"emTarget": draw(fractions), "emFloor": draw(fractions)}
     prior_budgets = draw(st.lists(budgets, max_size=4, unique=True))
-    quality["prior"] = [{"budget": b, "em": 0.5, "n": 10} for b in prior_budgets]
+    quality["prior"] = [{"budget": b, "em": 0.5, "samples": 10} for b in prior_budgets]
     spec: dict[str, Any] = {"targetRef": {"name": "vllm"}, "budget": budget, "quality": quality}
     if draw(st.booleans()):
         spec["cost"] = {"maxTokensPerRequest": draw(budgets)}

@@ -153,7 +153,9 @@ def test_audit_measures_the_known_curve_and_the_law_uses_it(
         )
         status = _status(obj)
         assert status["curveSource"] == "audit"
-        measured = {p["budget"]: (round(p["em"] * p["n"]), p["n"]) for p in status["curve"]}
+        measured = {
+            p["budget"]: (round(p["em"] * p["samples"]), p["samples"]) for p in status["curve"]
+        }
         assert measured == {b: (hits[b], 40) for b in LADDER}
         for point in status["curve"]:
             expected = wilson_lower(hits[point["budget"]], 40, 0.95)
@@ -200,7 +202,7 @@ def test_a_failed_audit_keeps_the_previous_curve(
     cluster.create(_deployment(cluster.ns))
     cluster.create(_configmap(cluster.ns, items[:10]))  # fewer answers than minSamples (40)
     policy = _policy(cluster.ns, server.url)
-    policy["spec"]["quality"]["prior"] = [{"budget": 128, "em": 0.9, "n": 1000}]
+    policy["spec"]["quality"]["prior"] = [{"budget": 128, "em": 0.9, "samples": 1000}]
     with KopfRunner(OPERATOR, timeout=60) as runner:
         cluster.create(policy)
         obj = cluster.wait_for(

@@ -52,7 +52,7 @@ def expected_curve(budgets: Sequence[int]) -> list[BudgetScore]:
             BudgetScore(
                 budget=b,
                 hits=sum(1 for i, k in enumerate(ks) if k <= b and right(i)),
-                n=QUESTIONS,
+                samples=QUESTIONS,
                 errors=0,
                 mean_tokens=sum(min(k, b) for k in ks) / QUESTIONS,
                 truncated=sum(1 for k in ks if k > b),
@@ -356,7 +356,7 @@ async def test_errors_at_one_budget_fail_the_audit(server: OpenAIServer) -> None
     )
     outcome = await run_audit(plan)
     # questions-major order: the 3 failures are q0@16, q0@32, q1@16
-    assert [(s.budget, s.n, s.errors) for s in outcome.scores] == [(16, 1, 2), (32, 2, 1)]
+    assert [(s.budget, s.samples, s.errors) for s in outcome.scores] == [(16, 1, 2), (32, 2, 1)]
     assert not outcome.ok
     assert "too few answers: budget 16: 1 (2 failed), budget 32: 2 (1 failed)" in outcome.message
 

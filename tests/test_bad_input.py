@@ -9,12 +9,15 @@ the README lists them and the operator reports them as a condition.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from stopbudget import validate
 from tests.apiserver import admit
+
+ROOT = Path(__file__).resolve().parent.parent
 
 AUDIT = {
     "endpoint": "http://vllm:8000",
@@ -140,9 +143,38 @@ CASES: list[tuple[str, dict[str, Any], str, str, bool]] = [
     ),
     (
         "prior-outside-bounds",
-        {"spec.quality.prior": [{"budget": 8, "em": 0.5, "n": 10}]},
+        {"spec.quality.prior": [{"budget": 8, "em": 0.5, "samples": 10}]},
         "spec.quality.prior",
         "every prior budget must lie within",
+        True,
+    ),
+    (
+        "prior-with-old-name-n",
+        {"spec.quality.prior": [{"budget": 256, "em": 0.5, "n": 200}]},
+        "spec.quality.prior[0].n",
+        "n is now called samples: write samples: 200 instead",
+        True,
+    ),
+    (
+        "prior-n-as-kubectl-reads-it",  # `n: 200` read by a YAML 1.1 parser and written out
+        {"spec.quality.prior": [{"budget": 256, "em": 0.5, "false": 200}]},
+        "spec.quality.prior[0].false",
+        "the old field n as kubectl and Helm read it (YAML 1.1 reads a plain n as false): "
+        "write samples: 200",
+        True,
+    ),
+    (
+        "prior-n-as-boolean-key",  # a plain `false: 200` read by PyYAML
+        {"spec.quality.prior": [{"budget": 256, "em": 0.5, False: 200}]},
+        "spec.quality.prior[0].false",
+        "write samples: 200 instead",
+        True,
+    ),
+    (
+        "prior-n-pruned-by-the-api-server",  # a stored n after the new CRD was applied
+        {"spec.quality.prior": [{"budget": 256, "em": 0.5}]},
+        "spec.quality.prior[0].samples",
+        "samples was called n before, and the API server drops an n it no longer knows",
         True,
     ),
     (
@@ -340,3 +372,28 @@ def test_every_problem_is_reported_not_only_the_first(policy: dict[str, Any]) ->
     _set(policy, "spec.control.interval", "soon")
     paths = {p for p, _ in validate.check_document(policy)}
     assert {"spec.quality.emFloor", "spec.budget.initial", "spec.control.interval"} <= paths
+
+
+@pytest.mark.parametrize("key", ["n", "false", False])
+def test_an_old_n_is_one_problem_and_the_rest_is_still_checked(
+    policy: dict[str, Any], key: object
+) -> None:
+    _set(policy, "spec.quality.prior", [{"budget": 256, "em": 0.5, key: 200}])
+    _set(policy, "spec.quality.emFloor", 0.95)
+    problems = validate.check_document(policy)
+    assert [p for p, _ in problems] == [
+        "spec.quality.emFloor",
+        f"spec.quality.prior[0].{str(key).lower()}",
+    ], problems
+    assert "write samples: 200 instead" in problems[1][1]
+
+
+def test_a_file_with_the_old_n_names_the_new_field() -> None:
+    text = (ROOT / "examples" / "recommend-mode.yaml").read_text(encoding="utf-8")
+    old = re.sub(r"samples: (\d+)", r"n: \1", text)
+    assert old != text
+    problems = validate.check_text(old, "old.yaml")
+    assert [str(p) for p in problems] == [
+        f"old.yaml: spec.quality.prior[{i}].n: n is now called samples: write samples: 300 instead"
+        for i in range(3)
+    ]

@@ -20,10 +20,12 @@ BIG = 10_000
 LADDER = {128: 0.40, 256: 0.72, 384: 0.78, 512: 0.84, 1024: 0.86}
 
 
-def _curve(points: dict[int, float] | None = None, n: int = BIG) -> Curve:
+def _curve(points: dict[int, float] | None = None, samples: int = BIG) -> Curve:
     points = LADDER if points is None else points
     return Curve.of(
-        [Point(b, round(em * n), n) for b, em in points.items()], 0.95, api.CurveSource.AUDIT
+        [Point(b, round(em * samples), samples) for b, em in points.items()],
+        0.95,
+        api.CurveSource.AUDIT,
     )
 
 
@@ -87,7 +89,7 @@ def test_without_evidence_the_budget_stays_at_initial() -> None:
 
 
 def test_prior_is_used_before_the_first_audit() -> None:
-    spec = _spec(**{"quality.prior": [{"budget": 256, "em": 0.9, "n": 5000}]})
+    spec = _spec(**{"quality.prior": [{"budget": 256, "em": 0.9, "samples": 5000}]})
     d = decide(spec, from_prior(spec.quality.prior, 0.95), IDLE, State(), NOW)
     assert d.budget == 256
     assert d.changes
@@ -305,7 +307,7 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
     step = draw(st.sampled_from([1, 8, 32, 64]))
     ladder = draw(st.lists(st.integers(low, high), min_size=0, max_size=6, unique=True))
     ems = draw(st.lists(st.floats(0, 1), min_size=len(ladder), max_size=len(ladder)))
-    n = draw(st.sampled_from([20, 200, 5000]))
+    samples = draw(st.sampled_from([20, 200, 5000]))
     floor = draw(st.floats(0, 1))
     target = draw(st.floats(floor, 1))
     sink = draw(st.sampled_from(["env", "annotation"]))
@@ -340,7 +342,7 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
         if spec_json["control"].get(key) is None:
             spec_json["control"].pop(key, None)
     curve = Curve.of(
-        [Point(b, round(em * n), n) for b, em in zip(ladder, ems, strict=True)],
+        [Point(b, round(em * samples), samples) for b, em in zip(ladder, ems, strict=True)],
         0.95,
         api.CurveSource.AUDIT,
     )

@@ -11,7 +11,7 @@ from stopbudget.api import CurvePoint, CurveSource, PriorPoint
 
 
 @pytest.mark.parametrize(
-    ("hits", "n", "confidence", "expected"),
+    ("hits", "samples", "confidence", "expected"),
     [
         (84, 100, 0.95, 0.7709),  # by hand: p=.84, z=1.6449
         (0, 10, 0.95, 0.0),
@@ -20,8 +20,10 @@ from stopbudget.api import CurvePoint, CurveSource, PriorPoint
         (50, 100, 0.5, 0.5),  # z = 0 at 50 %: the bound is the estimate
     ],
 )
-def test_wilson_lower_known_values(hits: int, n: int, confidence: float, expected: float) -> None:
-    assert curve.wilson_lower(hits, n, confidence) == pytest.approx(expected, abs=1e-3)
+def test_wilson_lower_known_values(
+    hits: int, samples: int, confidence: float, expected: float
+) -> None:
+    assert curve.wilson_lower(hits, samples, confidence) == pytest.approx(expected, abs=1e-3)
 
 
 def test_wilson_lower_without_samples_is_zero() -> None:
@@ -34,22 +36,23 @@ def test_wilson_lower_rejects_impossible_counts() -> None:
 
 
 @given(
-    n=st.integers(min_value=1, max_value=5000),
+    samples=st.integers(min_value=1, max_value=5000),
     frac=st.floats(min_value=0, max_value=1),
     confidence=st.floats(min_value=0.5, max_value=0.999),
 )
-def test_wilson_lower_is_a_lower_bound(n: int, frac: float, confidence: float) -> None:
-    hits = round(frac * n)
-    lower = curve.wilson_lower(hits, n, confidence)
-    assert 0.0 <= lower <= hits / n + 1e-12
+def test_wilson_lower_is_a_lower_bound(samples: int, frac: float, confidence: float) -> None:
+    hits = round(frac * samples)
+    lower = curve.wilson_lower(hits, samples, confidence)
+    assert 0.0 <= lower <= hits / samples + 1e-12
 
 
-@given(n=st.integers(min_value=1, max_value=2000), frac=st.floats(min_value=0, max_value=1))
-def test_wilson_lower_grows_with_evidence_and_hits(n: int, frac: float) -> None:
-    hits = round(frac * n)
-    assert curve.wilson_lower(hits * 4, n * 4, 0.95) >= curve.wilson_lower(hits, n, 0.95) - 1e-12
-    if hits < n:
-        assert curve.wilson_lower(hits + 1, n, 0.95) > curve.wilson_lower(hits, n, 0.95)
+@given(samples=st.integers(min_value=1, max_value=2000), frac=st.floats(min_value=0, max_value=1))
+def test_wilson_lower_grows_with_evidence_and_hits(samples: int, frac: float) -> None:
+    hits = round(frac * samples)
+    more = curve.wilson_lower(hits * 4, samples * 4, 0.95)
+    assert more >= curve.wilson_lower(hits, samples, 0.95) - 1e-12
+    if hits < samples:
+        assert curve.wilson_lower(hits + 1, samples, 0.95) > curve.wilson_lower(hits, samples, 0.95)
 
 
 @given(confidence=st.floats(min_value=0.5, max_value=0.99))
@@ -60,7 +63,7 @@ def test_higher_confidence_is_more_cautious(confidence: float) -> None:
 
 
 def _prior(*points: tuple[int, float, int]) -> list[PriorPoint]:
-    return [PriorPoint(budget=b, em=em, n=n) for b, em, n in points]
+    return [PriorPoint(budget=b, em=em, samples=s) for b, em, s in points]
 
 
 def test_cheapest_budget_meeting_a_target_uses_the_lower_bound() -> None:
@@ -101,7 +104,7 @@ def test_status_round_trip_keeps_the_curve() -> None:
     assert stored[0] == CurvePoint(
         budget=128,
         em=0.4,
-        n=100,
+        samples=100,
         lower=round(c.lower(c.points[0]), 6),
         mean_tokens=97.5,
         truncated=12,
@@ -111,7 +114,7 @@ def test_status_round_trip_keeps_the_curve() -> None:
 
 
 def test_curve_in_use_prefers_the_audit() -> None:
-    audited = [CurvePoint(budget=256, em=0.9, n=100, lower=0.85)]
+    audited = [CurvePoint(budget=256, em=0.9, samples=100, lower=0.85)]
     prior = _prior((128, 0.5, 10))
     assert curve.in_use(audited, CurveSource.AUDIT, prior, 0.9).source == CurveSource.AUDIT
     assert curve.in_use([], CurveSource.NONE, prior, 0.9).source == CurveSource.PRIOR

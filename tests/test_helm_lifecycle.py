@@ -391,13 +391,15 @@ def test_crd_upgrade_from_the_field_n_says_how_to_fix_stored_policies(
     tmp_path: Path,
 ) -> None:
     config = configs(server)
-    # Before: the previous CRD, the release, and a policy stored with `n`.
-    server.kubectl("apply", "-f", str(OLD_CRD))
-    server.wait_established(CRD_NAME)
+    # Before: the release, the previous CRD in place of the one the chart installs now
+    # (Helm owns its fields, as after an install of the previous version), and a policy
+    # stored with `n`.
     server.kubectl("create", "namespace", "serving")
     helm_command(config, "helm install stopbudget ./charts/stopbudget --namespace stopbudget "
                          "--create-namespace "
                          "--set 'operator.watchNamespaces={serving}'")  # fmt: skip
+    server.kubectl("replace", "-f", str(OLD_CRD))
+    server.wait_established(CRD_NAME)
     server.kubectl("apply", "-f", "-", stdin=json.dumps(_old_policy()))
 
     # The README's upgrade, as written: the CRD first, then the release.

@@ -73,10 +73,10 @@ def stoppolicy(ns: str, name: str, target: str, model: str, **control: Any) -> d
                 "emTarget": 0.8,
                 "emFloor": 0.7,
                 "prior": [
-                    {"budget": 128, "em": 0.40, "n": 10000},
-                    {"budget": 256, "em": 0.72, "n": 10000},
-                    {"budget": 512, "em": 0.84, "n": 10000},
-                    {"budget": 1024, "em": 0.86, "n": 10000},
+                    {"budget": 128, "em": 0.40, "samples": 10000},
+                    {"budget": 256, "em": 0.72, "samples": 10000},
+                    {"budget": 512, "em": 0.84, "samples": 10000},
+                    {"budget": 1024, "em": 0.86, "samples": 10000},
                 ],
             },
             "load": {

@@ -1,15 +1,21 @@
-"""Small helpers of the reconcile layer (the tick itself is tested end to end)."""
+"""Small helpers of the reconcile layer, and ticks that stop early (the rest runs end to end)."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
-from stopbudget import api
+from stopbudget import api, reconcile
 from stopbudget.metrics import OperatorMetrics
 from stopbudget.reconcile import Services, _dump, _raw_interval, first_delay, meet, read_status
 from stopbudget.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_first_tick_offsets_are_stable_spread_and_bounded() -> None:
@@ -44,7 +50,6 @@ STORED = {
     ("broken", "value"),
     [
         ("signals", {"queue": None}),  # a merge patch's null, read back as status
-        ("curve", [{"budget": 128, "em": 0.5}]),  # a point this version cannot read
         ("conditions", "nonsense"),
         ("futureField", {"from": "a newer operator"}),
     ],
@@ -74,6 +79,74 @@ def test_removed_signals_are_deleted_by_the_patch_and_absent_when_read_back() ->
     stored = read_status(STORED)
     body = _dump(stored.status.model_copy(update={"signals": {}}), stored)
     assert body["signals"] == {"queue": None}
+
+
+def test_an_unreadable_curve_is_replaced_not_kept() -> None:
+    """A point this version cannot read (a curve stored before n became samples)."""
+    stored = read_status({**STORED, "curve": [{"budget": 128, "em": 0.5}]})
+    assert stored.unreadable == {"curve"}
+    assert stored.status.curve == []
+    assert _dump(stored.status, stored)["curve"] == []
+    assert _dump(stored.status, stored)["originalValue"] == {"present": True, "value": "2048"}
+
+
+# ------------------------------------------------------ policies from before n became samples
+
+
+def _pre_rename_policy() -> tuple[dict[str, Any], dict[str, Any]]:
+    """A policy and status stored with ``n``, as the API server returns them after the new CRD.
+
+    It prunes what its schema does not know (``n``, on reading too), so the prior
+    items and the audited curve have no sample count (measured on kube-apiserver
+    1.28.7: see the README, Upgrading).
+    """
+    doc = yaml.safe_load((ROOT / "examples" / "recommend-mode.yaml").read_text(encoding="utf-8"))
+    spec: dict[str, Any] = doc["spec"]
+    for item in spec["quality"]["prior"]:
+        del item["samples"]
+    status = {
+        "budget": 512,
+        "curveSource": "audit",
+        "curve": [{"budget": 256, "em": 0.6, "lower": 0.55}],
+        "originalValue": {"present": True, "value": "1024"},
+    }
+    return spec, status
+
+
+@pytest.mark.parametrize(
+    ("old_key", "expected"),
+    [
+        pytest.param(None, "samples: Field required: samples was called n", id="pruned"),
+        # A server that keeps unknown fields (kmock's emulator) hands n over as it was.
+        pytest.param("n", "n: n is now called samples: write samples: 300 instead", id="kept"),
+    ],
+)
+def test_an_old_n_is_an_invalid_spec_that_names_samples_and_n(
+    old_key: str | None, expected: str
+) -> None:
+    spec, status = _pre_rename_policy()
+    if old_key is not None:
+        for item in spec["quality"]["prior"]:
+            item[old_key] = 300
+    now = datetime(2025, 1, 1, tzinfo=UTC)
+    services = reconcile.Services(
+        settings=Settings(), kube=None, reader=None, metrics=OperatorMetrics(), clock=lambda: now
+    )  # an invalid spec reaches neither Kubernetes nor Prometheus
+    runtime = reconcile.Runtime("serving", "qwen")
+
+    result = asyncio.run(reconcile.tick(services, runtime, {"generation": 2}, spec, status))
+
+    ready = next(c for c in result.status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+    for i in range(3):
+        assert f"spec.quality.prior[{i}].{expected}" in ready["message"]
+    assert ready["message"].count("spec.quality.prior") == 3
+    assert [e.reason for e in result.events] == ["InvalidSpec"]
+    # The unreadable curve is replaced whole (kept, it would make the API server refuse
+    # the write), and what is restored on delete is kept.
+    assert result.status["curve"] == []
+    assert result.status["originalValue"] == {"present": True, "value": "1024"}
+    assert result.status["budget"] == 512
 
 
 # ------------------------------------------------------------------ the webhook's readiness

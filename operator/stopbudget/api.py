@@ -464,12 +464,49 @@ class Budget(_Model):
 # --------------------------------------------------------------------------- spec: quality
 
 
+#: Fields renamed within v1alpha1 (no conversion webhook), by the list whose items hold
+#: them: ``{list: (old, new)}``.  ``n`` became ``samples`` because Go's YAML 1.1 parsers
+#: (kubectl, Helm, client-go) read a plain ``n`` as the boolean false, so kubectl sent the
+#: field as ``"false"`` and the committed CRD was rejected.
+RENAMED: Mapping[str, tuple[str, str]] = {"prior": ("n", "samples"), "curve": ("n", "samples")}
+#: The keys an old ``n`` arrives as: itself, or as a YAML 1.1 parser read it (``false``).
+OLD_KEYS: Mapping[str, tuple[object, ...]] = {"n": ("n", "false", False)}
+
+
+def renamed_message(key: object, old: str, new: str, value: object) -> str:
+    """What to say about ``key: value`` found where ``old`` was renamed ``new``."""
+    if key == old:
+        return f"{old} is now called {new}: write {new}: {value} instead"
+    return (
+        f"{str(key).lower()} is the old field {old} as kubectl and Helm read it "
+        f"(YAML 1.1 reads a plain {old} as false): write {new}: {value} instead"
+    )
+
+
+def missing_renamed_message(old: str, new: str) -> str:
+    """What to say when a renamed field is missing: a stored ``old`` was pruned."""
+    return (
+        f"Field required: {new} was called {old} before, and the API server drops an {old} it "
+        f"no longer knows: write {new}: <count> in this item and apply the policy again "
+        "(README: Upgrading)"
+    )
+
+
+def _renamed_at(loc: tuple[Any, ...]) -> tuple[str, str] | None:
+    """(old, new) when ``loc`` ends in ``<list>[i].<field>`` of a list in :data:`RENAMED`."""
+    if len(loc) >= 3 and isinstance(loc[-2], int) and isinstance(loc[-3], str):
+        return RENAMED.get(loc[-3])
+    return None
+
+
 class PriorPoint(_Model):
     """One point of an offline EM-vs-budget evaluation."""
 
     budget: TokenBudget = Field(description="Budget evaluated, in tokens.")
     em: Fraction = Field(description="Exact-Match rate measured at this budget, in [0, 1].")
-    n: int = Field(ge=1, le=1_000_000, description="Number of questions behind em.")
+    samples: int = Field(
+        ge=1, le=1_000_000, description="Number of questions behind em (formerly n)."
+    )
 
 
 class Quality(_Model):
@@ -979,7 +1016,7 @@ class CurvePoint(_Model):
 
     budget: int = Field(description="Budget, in tokens.")
     em: Fraction = Field(description="Exact-Match rate.")
-    n: int = Field(ge=0, description="Answers scored.")
+    samples: int = Field(ge=0, description="Answers scored (formerly n).")
     lower: Fraction = Field(description="Wilson lower bound of em at quality.confidence.")
     mean_tokens: float | None = Field(None, ge=0, description="Mean tokens used per answer.")
     truncated: int = Field(
@@ -1181,7 +1218,7 @@ def problems_of(error: Any, *, cross_field: bool = True) -> list[tuple[str, str]
     """
     out: list[tuple[str, str]] = []
     for err in error.errors(include_url=False):
-        loc = [str(p) if not isinstance(p, int) else f"[{p}]" for p in err["loc"]]
+        loc = [f"[{p}]" if type(p) is int else str(p) for p in err["loc"]]
         ctx = err.get("ctx") or {}
         if err["type"] == "cross_field":
             if not cross_field:
@@ -1190,7 +1227,22 @@ def problems_of(error: Any, *, cross_field: bool = True) -> list[tuple[str, str]
                 out.append((_join(loc + field.split(".")), message))
         else:
             message = err["msg"]
-            if err["type"] == "extra_forbidden":
+            renamed = _renamed_at(tuple(err["loc"]))
+            field = err["loc"][-1] if err["loc"] else None
+            if (
+                renamed is not None
+                and err["type"] == "extra_forbidden"
+                and isinstance(field, str)
+                and field in OLD_KEYS[renamed[0]]
+            ):
+                message = renamed_message(field, *renamed, err["input"])
+            elif renamed is not None and err["type"] == "missing" and loc[-1] == renamed[1]:
+                if isinstance(err["input"], Mapping) and any(
+                    k in err["input"] for k in OLD_KEYS[renamed[0]]
+                ):
+                    continue  # said once, at the old name
+                message = missing_renamed_message(*renamed)
+            elif err["type"] == "extra_forbidden":
                 message = "unknown field: remove it or check its spelling"
             elif err["type"] == "value_error":
                 message = message.removeprefix("Value error, ")

@@ -1,7 +1,7 @@
 """The EM-vs-budget curve. PURE: no I/O, no clock.
 
 A curve is a ladder of budgets, each with the number of questions answered
-exactly (``hits``) out of ``n``.  Whether a budget *meets* an EM target is
+exactly (``hits``) out of ``samples``.  Whether a budget *meets* an EM target is
 decided on the Wilson score lower bound of its EM, not on the point estimate:
 a budget measured on 20 questions must do better than one measured on 2000 to
 be trusted with the same target.  The bound is one-sided at the policy's
@@ -21,21 +21,21 @@ from statistics import NormalDist
 from stopbudget.api import CurvePoint, CurveSource, PriorPoint
 
 
-def wilson_lower(hits: int, n: int, confidence: float) -> float:
-    """One-sided Wilson score lower bound of a proportion ``hits / n``.
+def wilson_lower(hits: int, samples: int, confidence: float) -> float:
+    """One-sided Wilson score lower bound of a proportion ``hits / samples``.
 
-    0 when ``n`` is 0 (nothing is known).  ``confidence`` in (0.5, 1).
+    0 when ``samples`` is 0 (nothing is known).  ``confidence`` in (0.5, 1).
     """
-    if n <= 0:
+    if samples <= 0:
         return 0.0
-    if not 0 <= hits <= n:
-        raise ValueError(f"hits must be within [0, n], got {hits} of {n}")
+    if not 0 <= hits <= samples:
+        raise ValueError(f"hits must be within [0, samples], got {hits} of {samples}")
     z = NormalDist().inv_cdf(confidence)
-    p = hits / n
+    p = hits / samples
     z2 = z * z
-    centre = p + z2 / (2 * n)
-    margin = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return max(0.0, (centre - margin) / (1 + z2 / n))
+    centre = p + z2 / (2 * samples)
+    margin = z * math.sqrt(p * (1 - p) / samples + z2 / (4 * samples * samples))
+    return max(0.0, (centre - margin) / (1 + z2 / samples))
 
 
 @dataclass(frozen=True)
@@ -44,13 +44,13 @@ class Point:
 
     budget: int
     hits: int
-    n: int
+    samples: int
     mean_tokens: float | None = None
     truncated: int = 0
 
     @property
     def em(self) -> float:
-        return self.hits / self.n if self.n else 0.0
+        return self.hits / self.samples if self.samples else 0.0
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class Curve:
         return not self.points
 
     def lower(self, point: Point) -> float:
-        return wilson_lower(point.hits, point.n, self.confidence)
+        return wilson_lower(point.hits, point.samples, self.confidence)
 
     def cheapest_meeting(self, em: float, low: int, high: int) -> int | None:
         """Smallest ladder budget within [low, high] whose EM lower bound is at least ``em``."""
@@ -95,7 +95,7 @@ class Curve:
             CurvePoint(
                 budget=p.budget,
                 em=round(p.em, 6),
-                n=p.n,
+                samples=p.samples,
                 lower=round(self.lower(p), 6),
                 mean_tokens=None if p.mean_tokens is None else round(p.mean_tokens, 3),
                 truncated=p.truncated,
@@ -105,15 +105,18 @@ class Curve:
 
 
 def from_prior(prior: Sequence[PriorPoint], confidence: float) -> Curve:
-    """The curve of ``quality.prior`` (hits rounded from em * n)."""
-    points = [Point(p.budget, round(p.em * p.n), p.n) for p in prior]
+    """The curve of ``quality.prior`` (hits rounded from em * samples)."""
+    points = [Point(p.budget, round(p.em * p.samples), p.samples) for p in prior]
     return Curve.of(points, confidence, CurveSource.PRIOR)
 
 
 def from_status(points: Sequence[CurvePoint], confidence: float, source: CurveSource) -> Curve:
-    """The curve stored in ``status.curve`` (hits rounded from em * n)."""
+    """The curve stored in ``status.curve`` (hits rounded from em * samples)."""
     return Curve.of(
-        (Point(p.budget, round(p.em * p.n), p.n, p.mean_tokens, p.truncated) for p in points),
+        (
+            Point(p.budget, round(p.em * p.samples), p.samples, p.mean_tokens, p.truncated)
+            for p in points
+        ),
         confidence,
         source,
     )

@@ -626,13 +626,23 @@ def _read(spec: api.StopPolicySpec, obj: Mapping[str, Any], kind: str) -> sinks.
     return sinks.read(spec.budget, spec.target_ref, deployment=obj)
 
 
+#: Status fields rebuilt from the spec and the audits, so one that cannot be read is
+#: replaced rather than kept as stored.  A curve stored before ``n`` became ``samples``
+#: comes back from the API server without its counts (it prunes ``n``); kept, it would
+#: make the server refuse every status write (it checks the whole status), the
+#: InvalidSpec condition that says what to fix included.  The prior stands in for it
+#: until the next audit.
+REBUILT = frozenset({"curve"})
+
+
 def _dump(new: api.StopPolicyStatus, stored: StoredStatus) -> dict[str, Any]:
     """The status as a merge patch: absent fields deleted, stale map keys removed, and
-    fields that could not be read left as stored."""
+    fields that could not be read left as stored (unless :data:`REBUILT`)."""
     body = new.model_dump(mode="json", by_alias=True, exclude_none=False)
     gone = set(stored.status.signals) - set(new.signals)
     body["signals"] = {**dict.fromkeys(gone), **body["signals"]}
-    return {k: v for k, v in body.items() if k not in stored.unreadable}
+    kept = stored.unreadable - REBUILT
+    return {k: v for k, v in body.items() if k not in kept}
 
 
 # ============================================================================ audits
@@ -699,10 +709,12 @@ def _apply_audit(
             metrics.audit_em.labels(*labels).set(point.em)
             metrics.audit_em_lower.labels(*labels).set(measured.lower(point))
             metrics.audit_truncated.labels(*labels).set(
-                point.truncated / point.n if point.n else 0.0
+                point.truncated / point.samples if point.samples else 0.0
             )
         metrics.audit_last_success.labels(ns, name).set(now.timestamp())
-        summary = ", ".join(f"{p.budget}: {p.em:.2f} (n={p.n})" for p in measured.points)
+        summary = ", ".join(
+            f"{p.budget}: {p.em:.2f} ({p.samples} samples)" for p in measured.points
+        )
         message = f"{report.trigger.value} audit: EM by budget {summary}"
         if outcome.messages:
             message += f"; {outcome.message}"

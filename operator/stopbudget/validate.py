@@ -66,17 +66,38 @@ _VALIDATOR = jsonschema.Draft4Validator(_strict(crdgen.open_api_schema()))
 
 
 def _schema_problems(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """Problems of the schema layer, each at the field it is about.
+
+    A missing or an unknown field is reported at its own path, not at the
+    object holding it, so that it meets the pydantic layer's report of the
+    same field (whose message is kept).
+    """
     found = []
     for err in _VALIDATOR.iter_errors(doc):
-        parts = [f"[{p}]" if isinstance(p, int) else str(p) for p in err.absolute_path]
+        parts = [f"[{p}]" if type(p) is int else str(p) for p in err.absolute_path]
         path = ""
         for p in parts:
             path += p if p.startswith("[") or not path else "." + p
-        message = err.message
+        instance = err.instance if isinstance(err.instance, dict) else {}
         if err.validator == "additionalProperties":
-            message = f"unknown field ({err.message}): remove it or check its spelling"
-        found.append((path or "(document)", message))
+            known = err.schema.get("properties", {})
+            unknown = sorted((k for k in instance if k not in known), key=str)
+            found += [
+                (_field(path, k), "unknown field: remove it or check its spelling") for k in unknown
+            ]
+        elif err.validator == "required":
+            found += [
+                (_field(path, k), "Field required")
+                for k in err.validator_value
+                if k not in instance
+            ]
+        else:
+            found.append((path or "(document)", err.message))
     return found
+
+
+def _field(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
 
 
 def apply_defaults(schema: dict[str, Any], obj: Any) -> Any:
@@ -117,6 +138,38 @@ def _rule_problems(schema: dict[str, Any], obj: Any, path: str) -> list[tuple[st
     return found
 
 
+#: Lists whose items hold a renamed field (:data:`stopbudget.api.RENAMED`), by path.
+_RENAMED_LISTS = (("spec", "quality", "prior"), ("status", "curve"))
+
+
+def _rename_old_keys(doc: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """``doc`` with renamed fields under their new name, and one problem for each.
+
+    A policy written for an older version says ``n: 200``; read by kubectl or
+    Helm (YAML 1.1) and written out again it says ``"false": 200``.  Each is
+    reported once, at the old key, as the new name, and the rest of the
+    document is checked as if it had been written with the new name.
+    """
+    fixed = copy.deepcopy(doc)
+    found: list[tuple[str, str]] = []
+    for path in _RENAMED_LISTS:
+        items: Any = fixed
+        for key in path:
+            items = items.get(key) if isinstance(items, dict) else None
+        old, new = api.RENAMED[path[-1]]
+        for i, item in enumerate(items if isinstance(items, list) else []):
+            if not isinstance(item, dict) or new in item:
+                continue
+            for old_key in api.OLD_KEYS[old]:
+                if old_key in item:
+                    value = item.pop(old_key)
+                    item[new] = value
+                    where = ".".join(path) + f"[{i}].{str(old_key).lower()}"
+                    found.append((where, api.renamed_message(old_key, old, new, value)))
+                    break
+    return fixed, found
+
+
 def check_document(doc: Any) -> list[tuple[str, str]]:
     """Every problem of one parsed YAML document, as ``(path, message)`` pairs."""
     if not isinstance(doc, dict):
@@ -134,6 +187,7 @@ def check_document(doc: Any) -> list[tuple[str, str]]:
                 "stopbudget validate checks StopPolicy documents and golden-set ConfigMaps only",
             )
         ]
+    doc, renamed = _rename_old_keys(doc)
     model: list[tuple[str, str]] = []
     try:
         api.StopPolicy.model_validate(doc)
@@ -143,7 +197,8 @@ def check_document(doc: Any) -> list[tuple[str, str]]:
     rules = _rule_problems(schema, apply_defaults(schema, copy.deepcopy(doc)), "")
     flagged = {path for path, _ in model}
     structure = [(p, m) for p, m in _schema_problems(doc) if p not in flagged]
-    return sorted(set(model) | {(p.lstrip("."), m) for p, m in rules} | set(structure))
+    found = set(model) | {(p.lstrip("."), m) for p, m in rules} | set(structure) | set(renamed)
+    return sorted(found)
 
 
 def _documents(text: str) -> Iterator[tuple[int, Any]]:

@@ -174,20 +174,20 @@ def _error(message: str) -> int:
 
 
 def render_table(outcome: AuditOutcome, confidence: float) -> str:
-    """The curve as a text table: budget, EM, Wilson lower bound, n, errors, truncated, tokens."""
+    """The curve as a table: budget, EM, Wilson lower bound, samples, errors, truncated, tokens."""
     from stopbudget.curve import wilson_lower
 
     head = (
-        f"{'budget':>8}  {'EM':>6}  {'lower':>6}  {'n':>6}  {'errors':>6}  "
+        f"{'budget':>8}  {'EM':>6}  {'lower':>6}  {'samples':>7}  {'errors':>6}  "
         f"{'truncated':>9}  {'mean tokens':>11}"
     )
     rows = [head]
     for s in outcome.scores:
-        lower = wilson_lower(s.hits, s.n, confidence)
+        lower = wilson_lower(s.hits, s.samples, confidence)
         tokens = "-" if s.mean_tokens is None else f"{s.mean_tokens:.1f}"
-        em = f"{s.em:.3f}" if s.n else "-"
+        em = f"{s.em:.3f}" if s.samples else "-"
         rows.append(
-            f"{s.budget:>8}  {em:>6}  {lower:>6.3f}  {s.n:>6}  {s.errors:>6}  "
+            f"{s.budget:>8}  {em:>6}  {lower:>6.3f}  {s.samples:>7}  {s.errors:>6}  "
             f"{s.truncated:>9}  {tokens:>11}"
         )
     return "\n".join(rows) + "\n"
@@ -206,7 +206,7 @@ def _plot(outcome: AuditOutcome, confidence: float, path: str, title: str) -> No
     ax.plot(budgets, [s.em for s in outcome.scores], marker="o", label="EM")
     ax.plot(
         budgets,
-        [wilson_lower(s.hits, s.n, confidence) for s in outcome.scores],
+        [wilson_lower(s.hits, s.samples, confidence) for s in outcome.scores],
         marker=".",
         linestyle="--",
         label=f"Wilson lower bound ({confidence:g})",

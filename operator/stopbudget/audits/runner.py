@@ -170,7 +170,7 @@ class BudgetScore:
     budget: int
     hits: int
     """Exact matches."""
-    n: int
+    samples: int
     """Answers scored (successful requests)."""
     errors: int
     """Requests that failed for good (after retries)."""
@@ -182,7 +182,7 @@ class BudgetScore:
     @property
     def em(self) -> float:
         """Exact-Match rate, 0 when nothing was scored."""
-        return self.hits / self.n if self.n else 0.0
+        return self.hits / self.samples if self.samples else 0.0
 
 
 @dataclass(frozen=True)
@@ -213,7 +213,10 @@ class AuditOutcome:
 
     def points(self) -> list[curve.Point]:
         """The measured points, for :class:`stopbudget.curve.Curve`."""
-        return [curve.Point(s.budget, s.hits, s.n, s.mean_tokens, s.truncated) for s in self.scores]
+        return [
+            curve.Point(s.budget, s.hits, s.samples, s.mean_tokens, s.truncated)
+            for s in self.scores
+        ]
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -447,14 +450,14 @@ class _GiveUpError(Exception):
 @dataclass
 class _Tally:
     hits: int = 0
-    n: int = 0
+    samples: int = 0
     errors: int = 0
     truncated: int = 0
     tokens: int = 0
     counted: int = 0
 
     def add(self, score: em.Score, used: int | None) -> None:
-        self.n += 1
+        self.samples += 1
         self.hits += score.hit
         self.truncated += score.truncated
         if used is not None:
@@ -599,7 +602,7 @@ class _Run:
             BudgetScore(
                 budget=b,
                 hits=t.hits,
-                n=t.n,
+                samples=t.samples,
                 errors=t.errors,
                 mean_tokens=t.tokens / t.counted if t.counted else None,
                 truncated=t.truncated,
@@ -607,9 +610,9 @@ class _Run:
             for b, t in sorted(self.tallies.items())
         )
         messages = list(self.messages)
-        short = [s for s in scores if s.n < self.plan.min_samples]
+        short = [s for s in scores if s.samples < self.plan.min_samples]
         if short:
-            listed = ", ".join(f"budget {s.budget}: {s.n} ({s.errors} failed)" for s in short)
+            listed = ", ".join(f"budget {s.budget}: {s.samples} ({s.errors} failed)" for s in short)
             messages.append(
                 f"too few answers: {listed}; minSamples is {self.plan.min_samples}, "
                 "so this curve is not used"

@@ -223,7 +223,7 @@ class StopBudget:
                 Point(
                     budget=b,
                     hits=sum(hit for hit, _ in answers),
-                    n=size,
+                    samples=size,
                     mean_tokens=sum(tokens for _, tokens in answers) / size,
                 )
             )
