@@ -12,10 +12,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import yaml
 from pydantic.json_schema import GenerateJsonSchema
 
-from stopbudget import api
+from stopbudget import api, yamlout
 
 
 class _Schema(GenerateJsonSchema):
@@ -202,8 +201,13 @@ HEADER = (
 
 
 def render() -> str:
-    """The CRD as the YAML committed in ``crds/stoppolicy.yaml``."""
-    return HEADER + yaml.safe_dump(crd(), sort_keys=False, width=100, allow_unicode=True)
+    """The CRD as the YAML committed in ``crds/stoppolicy.yaml``.
+
+    Dumped by :mod:`stopbudget.yamlout`, so kubectl and Helm (YAML 1.1) read the
+    same names and values as PyYAML: a property named ``n`` would otherwise be
+    read as the boolean ``false``.
+    """
+    return HEADER + yamlout.dump(crd(), sort_keys=False, width=100, allow_unicode=True)
 
 
 def open_api_schema() -> dict[str, Any]:

@@ -35,8 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from stopbudget import yamlout
 from stopbudget.devservers import HOST, ServerError, _Server, free_port, http_json, wait_until
 
 ETCD = "etcd"
@@ -280,7 +279,7 @@ def write_kubeconfig(path: Path, server: str, ca: Path, token: str) -> None:
         "current-context": "test",
     }
     partial = path.with_name(f".{path.name}.tmp")
-    partial.write_text(yaml.safe_dump(config), encoding="utf-8")
+    partial.write_text(yamlout.dump(config), encoding="utf-8")
     partial.chmod(0o600)
     partial.replace(path)
 

@@ -47,7 +47,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-import yaml
+from stopbudget import yamlout
 
 log = logging.getLogger(__name__)
 
@@ -384,9 +384,9 @@ class DevPrometheus(_Server):
         }
 
     def _prepare(self) -> None:
-        _write_atomic(self.config_path, yaml.safe_dump(self.config(), sort_keys=False))
+        _write_atomic(self.config_path, yamlout.dump(self.config(), sort_keys=False))
         if self.web_config is not None:
-            _write_atomic(self.dir / "web.yml", yaml.safe_dump(self.web_config))
+            _write_atomic(self.dir / "web.yml", yamlout.dump(self.web_config))
 
     def _args(self) -> list[str]:
         args = [
@@ -561,7 +561,7 @@ class DevAlertmanager(_Server):
         return dict(self._config)
 
     def _prepare(self) -> None:
-        _write_atomic(self.config_path, yaml.safe_dump(self._config, sort_keys=False))
+        _write_atomic(self.config_path, yamlout.dump(self._config, sort_keys=False))
 
     def _args(self) -> list[str]:
         return [

@@ -95,9 +95,8 @@ import attrs
 import jsonpatch
 import jsonpointer
 import kmock
-import yaml
 
-from stopbudget import api
+from stopbudget import api, yamlout
 
 #: The message of every 422 answer to a JSON Patch that does not apply (apimachinery's
 #: ``NewGenericServerResponse`` for ``http.StatusUnprocessableEntity``).
@@ -702,7 +701,7 @@ async def emulated_cluster(directory: Path, *, record: bool = True) -> AsyncIter
         emulator.resources[STOPPOLICIES] = stoppolicy_resource()
         url = str(server.url).rstrip("/")
         path = Path(directory) / "kubeconfig"
-        path.write_text(yaml.safe_dump(kubeconfig_for(url)), encoding="utf-8")
+        path.write_text(yamlout.dump(kubeconfig_for(url)), encoding="utf-8")
         try:
             yield Cluster(emulator=emulator, server=server, url=url, kubeconfig=path)
         finally:
