@@ -185,3 +185,40 @@ async def test_the_webhook_stops_waiting_at_the_deadline() -> None:
     assert not services.webhook_ready()
     services.settle_deadline = asyncio.get_running_loop().time() - 1
     assert services.webhook_ready()
+
+
+async def test_close_waits_for_the_ticks_in_flight_and_starts_no_more() -> None:
+    closed: list[str] = []
+
+    class Client:
+        async def close(self) -> None:
+            closed.append("kube")
+
+    class Reader:
+        def close(self) -> None:
+            closed.append("prometheus")
+
+    services = Services(
+        settings=Settings(),
+        kube=Client(),
+        reader=Reader(),
+        metrics=OperatorMetrics(),  # type: ignore[arg-type]
+    )
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def tick() -> None:
+        async with services.ticking() as open_:
+            assert open_
+            entered.set()
+            await release.wait()
+            assert closed == []  # the clients stay open while a tick uses them
+
+    running = asyncio.create_task(tick())
+    await entered.wait()
+    closing = asyncio.create_task(services.close())
+    await asyncio.sleep(0)
+    async with services.ticking() as open_:
+        assert not open_  # no new tick once closing
+    release.set()
+    await asyncio.gather(running, closing)
+    assert closed == ["kube", "prometheus"]

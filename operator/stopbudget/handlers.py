@@ -143,11 +143,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     READINESS.ready = False
     services: reconcile.Services | None = memo.get("services")
     if services is not None:
-        for ns, name in list(services.runtimes):
-            runtime = services.runtimes.pop((ns, name))
-            await runtime.stop_audit()
-        await services.kube.close()
-        services.reader.close()
+        await services.close()
     for runner in memo.get("runners", []):
         await runner.cleanup()
 
@@ -174,19 +170,22 @@ async def control_loop(
         delay = reconcile.first_delay(namespace, name, body.get("spec", {}))
         await runtime.sleep(delay, stopped.wait)
     while not stopped:
-        result = await reconcile.tick(
-            services, runtime, meta, body.get("spec", {}), body.get("status")
-        )
-        try:
-            stored = await services.kube.patch_policy_status(namespace, name, result.status)
-            # What the API server stored (the merge patch applied), never the patch body.
-            runtime.status = dict(stored.get("status") or {})
-            if result.remove_audit_annotation:
-                await services.kube.remove_policy_annotation(namespace, name)
-        except TargetNotFound:
-            return  # deleted meanwhile: kopf stops this daemon
-        except KubeError as exc:
-            logger.warning("status not written: %s", exc)
+        async with services.ticking() as open_:
+            if not open_:
+                return  # the operator is stopping
+            result = await reconcile.tick(
+                services, runtime, meta, body.get("spec", {}), body.get("status")
+            )
+            try:
+                stored = await services.kube.patch_policy_status(namespace, name, result.status)
+                # What the API server stored (the merge patch applied), never the patch body.
+                runtime.status = dict(stored.get("status") or {})
+                if result.remove_audit_annotation:
+                    await services.kube.remove_policy_annotation(namespace, name)
+            except TargetNotFound:
+                return  # deleted meanwhile: kopf stops this daemon
+            except KubeError as exc:
+                logger.warning("status not written: %s", exc)
         for event in result.events:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
             logger.info("%s: %s", event.reason, event.message)

@@ -249,6 +249,8 @@ class Kube:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, run)
+        except RuntimeError as exc:  # the pool is shut down: the operator is stopping
+            raise KubeApiError(None, f"the Kubernetes client is closed: {exc}") from exc
         except ApiException as exc:
             raise self._error(exc, kind, namespace, name, patching=patching) from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:

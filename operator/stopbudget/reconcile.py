@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import zlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 C = api.ConditionType
 DEFAULT_INTERVAL = 30.0
+#: Seconds a stopping operator waits for the ticks in flight before closing its clients.
+CLOSE_WAIT = 10.0
 
 
 # ============================================================================ process state
@@ -135,6 +137,39 @@ class Services:
     #: Loop time after which the webhook accepts alerts anyway (a policy deleted before
     #: its daemon started, or a failed listing, must not close it for ever).
     settle_deadline: float = 0.0
+    #: Set by the operator's cleanup: no tick starts any more (the clients are closing).
+    closing: bool = False
+    _in_flight: int = 0
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @contextlib.asynccontextmanager
+    async def ticking(self) -> AsyncIterator[bool]:
+        """Around one tick and its writes: yields False once the operator is closing, so
+        that no tick uses a client that :meth:`close` is shutting down."""
+        if self.closing:
+            yield False
+            return
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            yield True
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def close(self) -> None:
+        """Stop starting ticks, let the ones in flight finish (up to CLOSE_WAIT seconds),
+        stop the audits, then close the clients."""
+        self.closing = True
+        if self._in_flight:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_WAIT):
+                    await self._idle.wait()
+        for key in list(self.runtimes):
+            await self.runtimes.pop(key).stop_audit()
+        await self.kube.close()
+        self.reader.close()
 
     def runtime(self, namespace: str, name: str) -> Runtime:
         key = (namespace, name)
