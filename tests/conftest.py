@@ -3,6 +3,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
+import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -20,6 +22,13 @@ from tests.clusters import (
     RealServer,
     install_operator_identity,
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM (as `timeout` sends) ends the run through SystemExit, so that the servers
+    the run started are stopped at exit (stopbudget.devservers) rather than left behind."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
 
 # A minimal valid StopPolicy; tests copy and change it.
 MINIMAL: dict[str, Any] = {

@@ -29,6 +29,7 @@ rather than a minute later.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -149,6 +150,17 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+#: Servers started by this process and not stopped yet: stopped at interpreter exit, so a
+#: test run that ends early (an error, Ctrl-C, SIGTERM from `timeout`) leaves none behind.
+_RUNNING: set[_Server] = set()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for server in list(_RUNNING):
+        server.stop(timeout=5.0)
+
+
 class _Server:
     """One server process: a temporary directory, a free port, readiness and shutdown."""
 
@@ -241,6 +253,7 @@ class _Server:
             cwd=self.dir,
             start_new_session=True,  # Ctrl-C in a demo reaches us, and we stop it in order
         )
+        _RUNNING.add(self)
 
     def _ready(self) -> bool:
         """Whether the server answers the way the tests use it (raises if it exited)."""
@@ -263,6 +276,7 @@ class _Server:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the process by its PID: SIGTERM, wait, then SIGKILL. Keeps the directory."""
         process, self._process = self._process, None
+        _RUNNING.discard(self)
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:
