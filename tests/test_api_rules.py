@@ -46,10 +46,12 @@ def policies(draw: st.DrawFn) -> dict[str, Any]:
     spec: dict[str, Any] = {"targetRef": {"name": "vllm"}, "budget": budget, "quality": quality}
     if draw(st.booleans()):
         spec["cost"] = {"maxTokensPerRequest": draw(budgets)}
-    preset = draw(st.sampled_from(["vllm", "sglang", "tgi", "none"]))
+    preset = draw(st.sampled_from(["vllm", "sglang", "tgi", "llamacpp", "none"]))
     names = draw(
         st.lists(
-            st.sampled_from(["queue", "kvCache", "latencyP95", "custom"]), max_size=3, unique=True
+            st.sampled_from(["queue", "kvCache", "latencyP95", "running", "custom"]),
+            max_size=3,
+            unique=True,
         )
     )
     signals = []

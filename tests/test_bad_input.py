@@ -181,7 +181,7 @@ CASES: list[tuple[str, dict[str, Any], str, str, bool]] = [
         "unknown-preset",
         {"spec.load": {"preset": "triton"}},
         "spec.load.preset",
-        "'vllm', 'sglang', 'tgi' or 'none'",
+        "'vllm', 'sglang', 'tgi', 'llamacpp' or 'none'",
         True,
     ),
     (

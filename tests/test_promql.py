@@ -143,6 +143,9 @@ PRESET_TABLE = [
     (Preset.SGLANG, "latencyP95", _latency("sglang:e2e_request_latency_seconds", M)),
     (Preset.TGI, "queue", f"sum(tgi_queue_size{M})"),
     (Preset.TGI, "latencyP95", _latency("tgi_request_duration", M)),
+    (Preset.LLAMACPP, "queue", f"sum(llamacpp:requests_deferred{M})"),
+    (Preset.LLAMACPP, "running", f"sum(llamacpp:requests_processing{M})"),
+    (Preset.LLAMACPP, "tokensPerSecond", f"sum(rate(llamacpp:tokens_predicted_total{M}[2m]))"),
 ]
 
 
@@ -162,6 +165,7 @@ def test_engine_series_lists_what_the_presets_read() -> None:
     assert {"vllm:e2e_request_latency_seconds_bucket", "vllm:request_success_total"} <= names
     assert {"sglang:num_queue_reqs", "sglang:token_usage", "tgi_queue_size"} <= names
     assert {"tgi_request_duration_bucket", "tgi_request_duration_count"} <= names
+    assert {"llamacpp:requests_deferred", "llamacpp:tokens_predicted_total"} <= names
     for p, names_ in api.PRESET_SIGNALS.items():
         for signal in names_:
             query = promql.preset_query(p, signal, {})
@@ -180,7 +184,13 @@ def test_window_is_used_and_checked() -> None:
 
 @pytest.mark.parametrize(
     ("preset", "signal"),
-    [(Preset.TGI, "kvCache"), (Preset.NONE, "queue"), (Preset.VLLM, "gpu")],
+    [
+        (Preset.TGI, "kvCache"),
+        (Preset.NONE, "queue"),
+        (Preset.VLLM, "gpu"),
+        (Preset.LLAMACPP, "latencyP95"),
+        (Preset.VLLM, "tokensPerSecond"),
+    ],
 )
 def test_preset_query_names_what_is_offered(preset: Preset, signal: str) -> None:
     with pytest.raises(PromQLError, match="offers"):
@@ -196,7 +206,7 @@ def test_truncation_query() -> None:
     assert promql.truncation_query(Preset.VLLM, SEL) == (
         f"(({cut} or on() vector(0)) / ({total} > 0)) or on() ({total} == 0)"
     )
-    for preset in (Preset.SGLANG, Preset.TGI, Preset.NONE):
+    for preset in (Preset.SGLANG, Preset.TGI, Preset.LLAMACPP, Preset.NONE):
         assert promql.truncation_query(preset, SEL) is None
 
 

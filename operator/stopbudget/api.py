@@ -601,6 +601,7 @@ class Preset(StrEnum):
     VLLM = "vllm"
     SGLANG = "sglang"
     TGI = "tgi"
+    LLAMACPP = "llamacpp"
     NONE = "none"
 
 
@@ -609,6 +610,8 @@ PRESET_SIGNALS: Mapping[Preset, tuple[str, ...]] = {
     Preset.VLLM: ("queue", "kvCache", "latencyP95"),
     Preset.SGLANG: ("queue", "kvCache", "latencyP95"),
     Preset.TGI: ("queue", "latencyP95"),
+    # llama.cpp's server has no latency histogram (and no labels on its series).
+    Preset.LLAMACPP: ("queue", "running", "tokensPerSecond"),
     Preset.NONE: (),
 }
 

@@ -2,7 +2,7 @@
 
 A policy names its load signals (``spec.load.signals``); a signal without its
 own ``query`` takes the query of its name from the policy's preset (vLLM,
-SGLang or TGI), scoped by ``spec.load.selector``.  :func:`plan` turns a spec into
+SGLang, TGI or llama.cpp), scoped by ``spec.load.selector``.  :func:`plan` turns a spec into
 the queries one tick runs; ``prometheus.py`` runs them.
 
 Every preset query returns one series (it aggregates over replicas) or
@@ -64,6 +64,12 @@ SGLANG_GENERATION_TOKENS = "sglang:generation_tokens_total"
 TGI_QUEUE = "tgi_queue_size"
 TGI_BATCH_SIZE = "tgi_batch_current_size"
 TGI_REQUEST_DURATION = "tgi_request_duration"
+# llama.cpp's llama-server with --metrics (no label at all; shared/engines/README.md).
+LLAMACPP_DEFERRED = "llamacpp:requests_deferred"
+LLAMACPP_PROCESSING = "llamacpp:requests_processing"
+#: Counter of generated tokens, added when a request finishes.
+LLAMACPP_TOKENS_PREDICTED = "llamacpp:tokens_predicted_total"
+LLAMACPP_PROMPT_TOKENS = "llamacpp:prompt_tokens_total"
 
 
 class PromQLError(ValueError):
@@ -76,12 +82,16 @@ class EngineSeries:
 
     #: Gauge of requests waiting for a slot, summed over replicas.
     queue: str
-    #: Latency histogram (base name, without ``_bucket``), in seconds.
-    latency: str
+    #: Latency histogram (base name, without ``_bucket``), in seconds; None if none.
+    latency: str | None = None
     #: Gauge of KV-cache use in [0, 1], max over replicas; None if the engine has none.
     kv_cache: str | None = None
     #: Counter of finished requests with a ``finished_reason`` label; None if none.
     finished: str | None = None
+    #: Gauge of requests being generated, summed over replicas; None if not a signal.
+    running: str | None = None
+    #: Counter of generated tokens (its rate is throughput); None if not a signal.
+    generated: str | None = None
 
 
 ENGINES: Mapping[Preset, EngineSeries] = {
@@ -95,6 +105,9 @@ ENGINES: Mapping[Preset, EngineSeries] = {
         queue=SGLANG_QUEUE, latency=SGLANG_E2E_LATENCY, kv_cache=SGLANG_TOKEN_USAGE
     ),
     Preset.TGI: EngineSeries(queue=TGI_QUEUE, latency=TGI_REQUEST_DURATION),
+    Preset.LLAMACPP: EngineSeries(
+        queue=LLAMACPP_DEFERRED, running=LLAMACPP_PROCESSING, generated=LLAMACPP_TOKENS_PREDICTED
+    ),
 }
 
 
@@ -105,8 +118,11 @@ def engine_series() -> frozenset[str]:
     """
     names: set[str] = set()
     for engine in ENGINES.values():
-        names |= {engine.queue, engine.latency + "_bucket", engine.latency + "_count"}
-        names |= {n for n in (engine.kv_cache, engine.finished) if n is not None}
+        names.add(engine.queue)
+        if engine.latency is not None:
+            names |= {engine.latency + "_bucket", engine.latency + "_count"}
+        optional = (engine.kv_cache, engine.finished, engine.running, engine.generated)
+        names |= {n for n in optional if n is not None}
     return frozenset(names)
 
 
@@ -219,8 +235,12 @@ def preset_query(
         return f"sum({series(engine.queue, selector)})"
     if signal == "kvCache" and engine.kv_cache is not None:
         return f"max({series(engine.kv_cache, selector)})"
-    if signal == "latencyP95":
+    if signal == "latencyP95" and engine.latency is not None:
         return quantile_over(engine.latency, selector, LATENCY_QUANTILE, window)
+    if signal == "running" and engine.running is not None:
+        return f"sum({series(engine.running, selector)})"
+    if signal == "tokensPerSecond" and engine.generated is not None:
+        return f"sum(rate({series(engine.generated, selector)}[{_window(window)}]))"
     raise PromQLError(f"preset {preset.value!r} lists {signal!r} but has no query for it")
 
 
