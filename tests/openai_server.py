@@ -13,9 +13,10 @@ answered at budget ``b`` if and only if ``b >= k_i``.
 Served on 127.0.0.1 at a free port:
 
 * ``POST /v1/completions`` (``prompt``; ``logprobs: N`` gives
-  ``choices[0].logprobs.tokens``) and ``POST /v1/chat/completions`` (the last
-  user message; ``logprobs: true`` gives ``choices[0].logprobs.content[].token``
-  and ``bytes``);
+  ``choices[0].logprobs.tokens``, or with ``completion_logprobs="content"`` the
+  chat format ``logprobs.content[]`` that llama.cpp's server sends) and
+  ``POST /v1/chat/completions`` (the last user message; ``logprobs: true``
+  gives ``choices[0].logprobs.content[].token`` and ``bytes``);
 * ``usage.completion_tokens`` is the number of tokens returned;
 * ``model`` must be the server's model (404 otherwise, as vLLM does); an
   unknown prompt is a 400.
@@ -24,8 +25,8 @@ Knobs for failure tests: :meth:`OpenAIServer.fail_next` (N responses with an
 HTTP status, optionally ``Retry-After``), :meth:`OpenAIServer.hang_next` (N
 requests never answered until the server stops), ``logprobs=False`` (never
 send token-level output) and ``token_delay`` (seconds per generated token, so
-concurrency matters).  Every request body is kept in ``requests``, its arrival time (event loop
-clock) in ``arrivals``.
+concurrency matters).  Every request body is kept in ``requests`` (its raw bytes in
+``bodies``), its arrival time (event loop clock) in ``arrivals``.
 
 Use ``async with OpenAIServer(...) as server`` inside a test's event loop, or
 ``with ThreadedOpenAIServer(...) as server`` from synchronous code (the CLI).
@@ -110,12 +111,17 @@ class OpenAIServer:
         model: str = MODEL,
         logprobs: bool = True,
         token_delay: float = 0.0,
+        completion_logprobs: str = "legacy",
     ) -> None:
+        if completion_logprobs not in ("legacy", "content"):
+            raise ValueError("completion_logprobs is legacy or content")
         self.replies = replies
         self.model = model
         self.logprobs = logprobs
         self.token_delay = token_delay
+        self.completion_logprobs = completion_logprobs
         self.requests: list[dict[str, Any]] = []
+        self.bodies: list[bytes] = []
         self.arrivals: list[float] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -163,6 +169,7 @@ class OpenAIServer:
     # ------------------------------------------------------------------ handlers
 
     async def _prologue(self, request: web.Request) -> dict[str, Any] | web.Response:
+        self.bodies.append(await request.read())
         body = await request.json()
         self.requests.append(body)
         self.arrivals.append(asyncio.get_running_loop().time())
@@ -225,6 +232,11 @@ class OpenAIServer:
             "logprobs": None,
         }
         if body.get("logprobs") is not None and self.logprobs:
+            if self.completion_logprobs == "content":
+                choice["logprobs"] = _content_logprobs(out)
+                return web.json_response(
+                    _envelope("text_completion", self.model, prompt, out, choice)
+                )
             offsets = [0, *itertools.accumulate(len(t) for t in out)][: len(out)]
             choice["logprobs"] = {
                 "tokens": out,
@@ -251,13 +263,18 @@ class OpenAIServer:
             "logprobs": None,
         }
         if body.get("logprobs") is True and self.logprobs:
-            choice["logprobs"] = {
-                "content": [
-                    {"token": t, "logprob": -0.1, "bytes": list(t.encode()), "top_logprobs": []}
-                    for t in out
-                ]
-            }
+            choice["logprobs"] = _content_logprobs(out)
         return web.json_response(_envelope("chat.completion", self.model, prompt, out, choice))
+
+
+def _content_logprobs(out: list[str]) -> dict[str, Any]:
+    """Token-level output in the chat format (also llama.cpp's on /v1/completions)."""
+    return {
+        "content": [
+            {"token": t, "logprob": -0.1, "bytes": list(t.encode()), "top_logprobs": []}
+            for t in out
+        ]
+    }
 
 
 def _envelope(

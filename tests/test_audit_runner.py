@@ -433,3 +433,13 @@ def test_bad_plans(changes: dict[str, Any], message: str) -> None:
 def test_outcome_message_joins_messages() -> None:
     outcome = AuditOutcome(True, api.AuditMethod.DIRECT, (), 0, 0, 0, 0.0, ("a", "b"))
     assert outcome.message == "a; b"
+
+
+async def test_truncate_reads_llamacpp_completion_tokens() -> None:
+    """llama.cpp's /v1/completions sends tokens as logprobs.content[], not tokens[]."""
+    async with OpenAIServer(REPLIES, completion_logprobs="content") as s:
+        outcome = await run_audit(plan_for(s, method=api.AuditMethod.TRUNCATE))
+    assert outcome.ok, outcome.messages
+    assert outcome.method == api.AuditMethod.TRUNCATE  # no fallback to direct
+    assert outcome.requests == QUESTIONS
+    assert list(outcome.scores) == expected_curve(BUDGETS)

@@ -6,9 +6,12 @@ Two methods (``audit.method``):
 * ``truncate``: one request per question at the largest budget, asking for
   token-level output (``logprobs: 1`` on ``/v1/completions``, ``logprobs: true``
   on ``/v1/chat/completions``), then EM on the text of each prefix of ``b``
-  tokens.  With greedy decoding (temperature 0, the default) the first ``b``
-  tokens of a longer generation are what a request with ``max_tokens: b``
-  returns, so the whole ladder costs one generation per question.  When the
+  tokens.  The tokens are read from OpenAI's legacy ``logprobs.tokens[]`` or,
+  as llama.cpp's server sends them on ``/v1/completions`` too, from the chat
+  format ``logprobs.content[]`` (``bytes``, else ``token``).  With greedy
+  decoding (temperature 0, the default) the first ``b`` tokens of a longer
+  generation are what a request with ``max_tokens: b`` returns, so the whole
+  ladder costs one generation per question.  When the
   server sends no tokens (no logprobs support, or tokens that do not spell the
   output), the audit starts over with ``direct`` and says so in its messages.
 
@@ -295,11 +298,12 @@ def _pieces(choice: Mapping[str, Any], chat: bool) -> tuple[bytes, ...] | None:
     logprobs = choice.get("logprobs")
     if not isinstance(logprobs, dict):
         return None
-    if not chat:
+    if not chat and "tokens" in logprobs:  # OpenAI's legacy completions format
         tokens = logprobs.get("tokens")
         if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
             return None
         return tuple(t.encode("utf-8") for t in tokens)
+    # The chat format, which llama.cpp also sends on /v1/completions.
     content = logprobs.get("content")
     if not isinstance(content, list):
         return None
