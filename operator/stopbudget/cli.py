@@ -133,6 +133,10 @@ def parser() -> argparse.ArgumentParser:
 
     audit_command.add_parser(sub)
 
+    from stopbudget.gate import command as gate_command
+
+    gate_command.add_parser(sub)
+
     from stopbudget.sim import command as simulate_command
 
     simulate_command.add_parser(sub)
