@@ -15,7 +15,8 @@ The request header ``x-test-mode`` picks a behaviour:
   counting what was written in :attr:`sent`;
 * ``break``: stream one chunk, then drop the connection mid-body;
 * ``close``: drop the connection before answering;
-* ``silent``: never answer (counted in :attr:`cancelled` when the gate gives up).
+* ``silent``: never answer (counted in :attr:`cancelled` when the gate gives up);
+* ``cookie``: answer with a ``Set-Cookie`` header.
 
 It runs with aiohttp's handler cancellation, as the gate does, so a cancelled
 upstream request is seen as a :class:`asyncio.CancelledError` in its handler.
@@ -124,6 +125,10 @@ class Upstream:
             except asyncio.CancelledError:
                 self.cancelled += 1
                 raise
+        if mode == "cookie":
+            response = web.json_response({"echo": seen.path})
+            response.set_cookie("session", "alice-secret")
+            return response
         if request.method != "POST" or not seen.body.startswith(b"{"):
             return web.json_response({"echo": seen.path, "method": seen.method})
         body = seen.json()

@@ -76,9 +76,9 @@ def test_normalize_path(path: str, normal: str) -> None:
 OUTPUT = [
     # (engine, path, client fields, output cap, fields the upstream sees)
     (Engine.VLLM, "/v1/completions", {"max_tokens": 500}, 100, {"max_tokens": 100}),
-    (Engine.VLLM, "/v1/completions", {"max_tokens": 50}, 100, None),  # a smaller one stays
-    (Engine.VLLM, "/v1/completions", {"max_tokens": 100}, 100, None),
-    (Engine.VLLM, "/v1/completions", {"max_tokens": 0}, 100, None),
+    (Engine.VLLM, "/v1/completions", {"max_tokens": 50}, 100, {}),  # a smaller one stays
+    (Engine.VLLM, "/v1/completions", {"max_tokens": 100}, 100, {}),
+    (Engine.VLLM, "/v1/completions", {"max_tokens": 0}, 100, {}),
     (Engine.VLLM, "/v1/completions", {}, 100, {"max_tokens": 100}),  # set when absent
     (Engine.VLLM, "/v1/completions", {"max_tokens": None}, 100, {"max_tokens": 100}),
     (Engine.VLLM, "/v1/chat/completions", {}, 100, {"max_tokens": 100}),
@@ -116,17 +116,12 @@ OUTPUT = [
 
 @pytest.mark.parametrize(("engine", "path", "client", "cap", "sent"), OUTPUT)
 def test_output_cap(
-    engine: Engine, path: str, client: dict[str, Any], cap: int, sent: dict[str, Any] | None
+    engine: Engine, path: str, client: dict[str, Any], cap: int, sent: dict[str, Any]
 ) -> None:
     body = {"model": "m", "prompt": "p", **client}
     got, capped = run(body, Caps(output=cap), engine=engine, path=path)
-    if sent is None:
-        assert got is None  # the client's bytes go through unchanged
-        assert capped == frozenset()
-        return
-    assert got is not None
-    assert capped == {Kind.OUTPUT}
     assert got == {**body, **sent}  # every other field as sent
+    assert capped == ({Kind.OUTPUT} if sent else frozenset())
 
 
 def test_no_cap_leaves_the_body_alone() -> None:
@@ -168,9 +163,9 @@ def test_thinking_cap_in_the_engines_field(
     engine: Engine, client: dict[str, Any], sent: dict[str, Any]
 ) -> None:
     got, capped = run({"messages": [], **client}, Caps(thinking=300), engine=engine)
-    assert (got or {"messages": [], **client}) == {"messages": [], **sent}
-    assert (Kind.THINKING in capped) == (got is not None)
-    assert "max_tokens" not in (got or {})  # no output cap: no output field set
+    assert got == {"messages": [], **sent}
+    assert (Kind.THINKING in capped) == (sent != client)
+    assert "max_tokens" not in got  # no output cap: no output field set
 
 
 def test_openai_has_no_thinking_field() -> None:
@@ -276,9 +271,23 @@ def test_duplicate_keys_last_wins_and_the_upstream_sees_one(raw: bytes, sent: in
     assert json.loads(done.body) == {"max_tokens": sent}
 
 
-def test_duplicate_keys_without_a_cap_are_collapsed_too() -> None:
-    done = rewrite(b'{"a": 1, "a": 2, "m": {"b": 1, "b": 3}}', VLLM_CHAT, Caps(), None)
-    assert done.body == b'{"a":2,"m":{"b":3}}'
+def test_without_a_cap_the_bytes_go_as_sent() -> None:
+    """Nothing is enforced: the upstream reads the client's body itself, duplicates and all."""
+    raw = b'{"max_tokens": 1, "max_tokens": 2, "m": {"b": 1, "b": 3}}'
+    assert rewrite(raw, VLLM_CHAT, Caps(), caps.thinking_field(Engine.VLLM)).body is None
+    # a thinking cap for an engine without a thinking field enforces nothing either
+    assert rewrite(raw, VLLM_CHAT, Caps(thinking=5), None).body is None
+
+
+def test_a_capped_body_is_always_reserialised() -> None:
+    done = rewrite(b'{"a": 1, "a": 2, "max_tokens": 5}', VLLM_CHAT, Caps(output=100), None)
+    assert done.body == b'{"a":2,"max_tokens":5}'
+    assert done.capped == frozenset()
+
+
+def test_a_number_json_cannot_carry_is_a_bad_request() -> None:
+    with pytest.raises(BadRequestError, match="too large for JSON"):
+        rewrite(b'{"temperature": 1e400}', VLLM_CHAT, Caps(output=100), None)
 
 
 def test_duplicate_nested_thinking_key() -> None:

@@ -270,6 +270,19 @@ async def test_other_paths_and_methods_pass_through_unchanged(
         )
 
 
+async def test_cookies_of_one_client_never_reach_another(
+    upstream: Upstream, volume: ConfigMapVolume
+) -> None:
+    volume.write({})
+    by_name = upstream.url.replace(HOST, "localhost")  # a cookie jar keeps no cookie of an IP
+    async with gate(by_name, volume.dir) as g, aiohttp.ClientSession() as alice:
+        async with alice.get(g.url + "/login", headers={"x-test-mode": "cookie"}) as r:
+            assert r.cookies["session"].value == "alice-secret"  # relayed to its client
+        async with aiohttp.ClientSession() as bob, bob.get(g.url + "/v1/models") as r:
+            assert r.status == 200
+        assert "Cookie" not in upstream.seen[-1].headers  # the gate kept nothing
+
+
 # --------------------------------------------------------------------------- streaming
 
 

@@ -22,8 +22,9 @@ class, and the engine's thinking budget to the thinking cap:
 Duplicate keys are read as the engines read them: the last one wins
 (Python's ``json`` for vLLM and SGLang, nlohmann::json for llama.cpp; measured
 on llama-server: ``{"max_tokens": 3, "max_tokens": 7}`` generated 7 tokens).
-A body with duplicate keys is always re-serialised, so the upstream sees each
-key once, whatever its own parser does with duplicates.
+Whenever a cap is in force the body is re-serialised, changed or not, so the
+upstream sees each key once, whatever its own parser does with duplicates; a
+body no cap applies to goes through as the client sent it.
 
 This module is pure: no I/O, no clock.
 """
@@ -218,18 +219,10 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _parse(body: bytes) -> tuple[dict[str, Any], bool]:
-    """The body as an object (last duplicate key wins) and whether any key repeated."""
-    duplicates = False
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        nonlocal duplicates
-        out = dict(items)
-        duplicates = duplicates or len(out) != len(items)
-        return out
-
+def _parse(body: bytes) -> dict[str, Any]:
+    """The body as an object; of duplicate keys the last one wins, as in the engines."""
     try:
-        data = json.loads(body, object_pairs_hook=pairs, parse_constant=_reject_constant)
+        data = json.loads(body, parse_constant=_reject_constant)
     except RecursionError:
         raise BadRequestError("the body is not valid JSON: nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN
@@ -238,7 +231,7 @@ def _parse(body: bytes) -> tuple[dict[str, Any], bool]:
         raise BadRequestError(
             f"the body must be a JSON object, got {_json_type(data)}: send {{...}}"
         )
-    return data, duplicates
+    return data
 
 
 def _json_type(value: Any) -> str:
@@ -321,7 +314,7 @@ def _cap_output(body: dict[str, Any], route: Route, cap: int | None) -> bool:
 
 def rewrite(body: bytes, route: Route, caps: Caps, thinking: LimitField | None) -> Rewrite:
     """Cap one request body; raises :class:`BadRequestError` naming the bad field."""
-    data, duplicates = _parse(body)
+    data = _parse(body)
     capped: set[Kind] = set()
     budget = None
     if thinking is not None:
@@ -336,13 +329,16 @@ def rewrite(body: bytes, route: Route, caps: Caps, thinking: LimitField | None) 
     if _cap_output(data, route, output):
         capped.add(Kind.OUTPUT)
     stream = data.get("stream") is True
-    if not capped and not duplicates:
+    if output is None and budget is None:  # nothing enforced: the client's bytes as sent
         return Rewrite(None, frozenset(), stream)
     return Rewrite(_dump(data), frozenset(capped), stream)
 
 
 def _dump(data: dict[str, Any]) -> bytes:
-    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # 1e400 reads as inf, which JSON cannot carry
+        raise BadRequestError("the body holds a number too large for JSON (e.g. 1e400)") from None
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate (\ud800) the client escaped: escape it back

@@ -26,6 +26,7 @@ budget file, else ``default``; ``route`` is a capped route's name or ``other``;
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
@@ -101,6 +102,15 @@ class GateMetrics:
         self.in_flight = Gauge(
             "stopbudget_gate_requests_in_flight", "Requests being served now.", registry=r
         )
+        self._requests: dict[tuple[str, str, int], Any] = {}
+
+    def answered(self, cls: str, route: str, code: int) -> None:
+        """Count one request answered (children cached: this runs for every request)."""
+        key = (cls, route, code)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._requests[key] = self.requests.labels(cls, route, str(code))
+        child.inc()
 
     def set_budget(self, cls: str, kind: Kind, value: int | None) -> None:
         """Publish (or, with None, withdraw) the budget of one file."""

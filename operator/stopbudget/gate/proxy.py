@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import aiohttp
@@ -105,12 +106,21 @@ class _Exchange:
     code: int = 499  # until a response is chosen: the client went away
 
 
-class _TooLargeError(Exception):
-    pass
+class _Relayed(web.StreamResponse):
+    """A relayed response whose headers leave with its first bytes of body.
+
+    aiohttp's own ``web.Response`` does this; a ``StreamResponse`` sends its headers
+    at ``prepare``.  Over loopback each send costs more CPU than the rest of the
+    relay, and a response that arrived whole then goes out in one write.
+    """
+
+    _send_headers_immediately = False
 
 
 class Gate:
-    """The proxy; :meth:`app` is its aiohttp application."""
+    """The proxy: :meth:`handle` serves every method and path (aiohttp's low-level
+    server runs it: no router is needed in front of a catch-all); :meth:`upstream`
+    holds the client session while the gate runs."""
 
     def __init__(
         self, config: GateConfig, table: Callable[[], Table], metrics: GateMetrics
@@ -122,21 +132,19 @@ class Gate:
         self._base = config.upstream.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
 
-    def app(self) -> web.Application:
-        """The application: every method and path goes through :meth:`handle`."""
-        app = web.Application(client_max_size=self.config.max_body)
-        app.router.add_route("*", "/{path:.*}", self.handle)
-        app.cleanup_ctx.append(self._client)
-        return app
-
-    async def _client(self, app: web.Application) -> AsyncIterator[None]:
+    @asynccontextmanager
+    async def upstream(self) -> AsyncIterator[None]:
+        """Hold the connection pool to the upstream while the block runs."""
         connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=False)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.config.connect_timeout)
         async with aiohttp.ClientSession(
             connector=connector,
             timeout=timeout,
             auto_decompress=False,  # bodies go through as the upstream encoded them
-            skip_auto_headers=("User-Agent",),
+            # only the client's own headers go upstream
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+            # never keep one client's cookies to send with another's requests
+            cookie_jar=aiohttp.DummyCookieJar(),
         ) as session:
             self._session = session
             yield
@@ -144,7 +152,7 @@ class Gate:
 
     # ------------------------------------------------------------------ handling
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Serve one request; counts it whatever happens."""
         route = caps.route_for(self.config.engine, request.method, request.path)
         label, limits = self.table().resolve(request.headers.get(self.config.class_header))
@@ -160,14 +168,13 @@ class Gate:
             return response
         finally:
             self.metrics.in_flight.dec()
-            self.metrics.requests.labels(exchange.cls, exchange.route, str(exchange.code)).inc()
+            self.metrics.answered(exchange.cls, exchange.route, exchange.code)
 
     async def _capped(
-        self, request: web.Request, route: caps.Route, limits: caps.Caps, exchange: _Exchange
+        self, request: web.BaseRequest, route: caps.Route, limits: caps.Caps, exchange: _Exchange
     ) -> web.StreamResponse:
-        try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
+        raw = await self._read(request)
+        if raw is None:
             return error_response(
                 413,
                 f"the request body is larger than the gate's limit of {self.config.max_body} "
@@ -182,8 +189,21 @@ class Gate:
         body = rewritten.body if rewritten.body is not None else raw
         return await self._forward(request, body, exchange, scan=True)
 
+    async def _read(self, request: web.BaseRequest) -> bytes | None:
+        """The whole body; None when it is over the limit (the rest is left unread)."""
+        limit = self.config.max_body
+        if request.content_length is not None and request.content_length > limit:
+            return None
+        chunks, size = [], 0
+        while chunk := await request.content.readany():
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     async def _forward(
-        self, request: web.Request, body: bytes | None, exchange: _Exchange, *, scan: bool
+        self, request: web.BaseRequest, body: bytes | None, exchange: _Exchange, *, scan: bool
     ) -> web.StreamResponse:
         assert self._session is not None, "the gate's app is not running"
         data: bytes | aiohttp.StreamReader | None = body
@@ -225,13 +245,13 @@ class Gate:
 
     async def _relay(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         upstream: aiohttp.ClientResponse,
         exchange: _Exchange,
         *,
         scan: bool,
     ) -> web.StreamResponse:
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response = _Relayed(status=upstream.status, reason=upstream.reason)
         for name, value in upstream.headers.items():
             if name.lower() not in _NOT_RETURNED:
                 response.headers.add(name, value)
@@ -248,15 +268,18 @@ class Gate:
                 return response
             if not chunk:
                 break
-            await response.write(chunk)
             if reader is not None:
                 reader.feed(chunk)
+            if upstream.content.is_eof():  # the last bytes: out with the end of the body
+                await response.write_eof(chunk)
+                break
+            await response.write(chunk)
         await response.write_eof()
         if reader is not None:
             self._count_outcome(exchange.cls, reader.outcome())
         return response
 
-    def _broken_midway(self, request: web.Request, exc: BaseException) -> None:
+    def _broken_midway(self, request: web.BaseRequest, exc: BaseException) -> None:
         self.metrics.upstream_errors.labels("broken").inc()
         log.warning("upstream %s broke mid-response: %s", self.config.upstream, exc)
         if request.transport is not None:

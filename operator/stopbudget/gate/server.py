@@ -106,33 +106,32 @@ async def running_gate(options: ServeOptions) -> AsyncIterator[RunningGate]:
     )
     watcher.load()
     gate = Gate(options.config, lambda: watcher.table, metrics)
-    proxy = web.AppRunner(
-        gate.app(),
-        handler_cancellation=True,
-        access_log=None,
+    proxy = web.ServerRunner(
+        web.Server(gate.handle, handler_cancellation=True, access_log=None),
         shutdown_timeout=options.shutdown_grace,
     )
     monitor = web.AppRunner(_metrics_app(metrics), access_log=None, shutdown_timeout=1.0)
-    await proxy.setup()
-    await monitor.setup()
-    try:
-        url = await _site(proxy, options.listen, "--listen")
-        metrics_url = await _site(monitor, options.metrics_listen, "--metrics-listen")
-        log.info(
-            "gate on %s -> %s (engine %s, class header %s), budgets in %s: %s; metrics on %s",
-            url,
-            options.config.upstream,
-            options.config.engine.value,
-            options.config.class_header,
-            options.budgets,
-            watcher.table,
-            metrics_url,
-        )
-        async with watcher.running():
-            yield RunningGate(url, metrics_url, watcher, metrics)
-    finally:
-        await monitor.cleanup()
-        await proxy.cleanup()
+    async with gate.upstream():  # open before the first request, closed after the last
+        await proxy.setup()
+        await monitor.setup()
+        try:
+            url = await _site(proxy, options.listen, "--listen")
+            metrics_url = await _site(monitor, options.metrics_listen, "--metrics-listen")
+            log.info(
+                "gate on %s -> %s (engine %s, class header %s), budgets in %s: %s; metrics on %s",
+                url,
+                options.config.upstream,
+                options.config.engine.value,
+                options.config.class_header,
+                options.budgets,
+                watcher.table,
+                metrics_url,
+            )
+            async with watcher.running():
+                yield RunningGate(url, metrics_url, watcher, metrics)
+        finally:  # stop listening, then let requests in flight finish (the grace period)
+            await monitor.cleanup()
+            await proxy.cleanup()
 
 
 async def serve(options: ServeOptions, stop: asyncio.Event) -> None:
