@@ -283,6 +283,24 @@ async def test_cookies_of_one_client_never_reach_another(
         assert "Cookie" not in upstream.seen[-1].headers  # the gate kept nothing
 
 
+async def test_expect_100_continue_is_answered(
+    upstream: Upstream, volume: ConfigMapVolume, client: aiohttp.ClientSession
+) -> None:
+    """curl sends ``Expect: 100-continue`` with bodies over 1 KiB and waits for the 100."""
+    volume.write({"default.output": "8"})
+    body = json.dumps({"max_tokens": 100, "text": "y" * 2000}).encode()
+    async with gate(upstream.url, volume.dir, max_body=4000) as g:
+        for path in (CHAT, "/v1/embeddings"):
+            async with asyncio.timeout(5):
+                async with client.post(g.url + path, data=body, expect100=True) as response:
+                    assert response.status == 200, path
+            assert upstream.seen[-1].headers.get("Expect") is None
+        assert upstream.seen[0].json()["max_tokens"] == 8
+        big = body + b" " * 5000  # over the limit: refused before the client sends it
+        async with client.post(g.url + CHAT, data=big, expect100=True) as response:
+            assert response.status == 413
+
+
 # --------------------------------------------------------------------------- streaming
 
 

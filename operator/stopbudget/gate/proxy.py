@@ -117,6 +117,15 @@ class _Relayed(web.StreamResponse):
     _send_headers_immediately = False
 
 
+async def _continue(request: web.BaseRequest) -> None:
+    """Answer ``Expect: 100-continue`` (as aiohttp's router would) before reading a body.
+
+    The header is not forwarded: the gate reads the body, the upstream never waits.
+    """
+    if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+
 class Gate:
     """The proxy: :meth:`handle` serves every method and path (aiohttp's low-level
     server runs it: no router is needed in front of a catch-all); :meth:`upstream`
@@ -193,7 +202,8 @@ class Gate:
         """The whole body; None when it is over the limit (the rest is left unread)."""
         limit = self.config.max_body
         if request.content_length is not None and request.content_length > limit:
-            return None
+            return None  # without a 100 Continue: the client need not send it
+        await _continue(request)
         chunks, size = [], 0
         while chunk := await request.content.readany():
             size += len(chunk)
@@ -208,6 +218,7 @@ class Gate:
         assert self._session is not None, "the gate's app is not running"
         data: bytes | aiohttp.StreamReader | None = body
         if body is None and request.body_exists:
+            await _continue(request)
             data = request.content
         headers = _forwarded_headers(request.headers)
         started = asyncio.get_running_loop().time()
