@@ -250,6 +250,7 @@ async def test_other_paths_and_methods_pass_through_unchanged(
         ]:
             data = odd if method != "GET" else None
             headers = {"Authorization": "Bearer k", "x-custom": "1"}
+            headers |= {"Connection": "keep-alive, x-hop", "x-hop": "for the gate only"}
             url = URL(g.url + path, encoded=True)  # sent as written
             async with client.request(method, url, data=data, headers=headers) as response:
                 assert response.status == 200
@@ -258,6 +259,7 @@ async def test_other_paths_and_methods_pass_through_unchanged(
             assert (seen.method, seen.path, seen.body) == (method, path, data or b"")
             assert seen.headers["Authorization"] == "Bearer k"
             assert seen.headers["x-custom"] == "1"
+            assert "x-hop" not in seen.headers  # named by Connection: hop-by-hop
         assert (
             sample(
                 g,
@@ -469,19 +471,22 @@ async def test_a_body_over_the_limit_gets_413(
 
 
 async def test_unreachable_upstream_is_a_502_naming_it(
-    volume: ConfigMapVolume, client: aiohttp.ClientSession
+    volume: ConfigMapVolume, client: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
     volume.write({"default.output": "64"})
     dead = f"http://{HOST}:{closed_port()}"
     async with gate(dead, volume.dir) as g:
-        for path in (CHAT, "/v1/models"):
+        for path in (CHAT, "/v1/models", CHAT, CHAT):
             async with client.post(g.url + path, json={}) as response:
                 assert response.status == 502
                 error = (await response.json())["error"]
             assert error["message"].startswith(f"the upstream {dead} is unreachable: ")
             assert error["type"] == "upstream_error"
-        assert sample(g, "stopbudget_gate_upstream_errors_total", reason="unreachable") == 2
+        assert sample(g, "stopbudget_gate_upstream_errors_total", reason="unreachable") == 4
         assert sample(g, "stopbudget_gate_requests_in_flight") == 0
+    logged = [r for r in caplog.records if r.name == "stopbudget.gate.proxy"]
+    assert len(logged) == 1  # a dead engine fails every request: said once per 10 s
+    assert logged[0].getMessage().startswith(f"upstream {dead} is unreachable: ")
 
 
 async def test_upstream_that_drops_the_connection(

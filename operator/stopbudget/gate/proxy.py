@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 DEFAULT_CLASS_HEADER = "x-stopbudget-class"
 #: Largest request body on a capped route (images sent inline as base64 need room).
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
+#: Seconds between two log lines about the same kind of upstream failure.
+LOG_EVERY = 10.0
 #: Largest JSON response kept to read its usage (the response streams through anyway).
 MAX_SCANNED_RESPONSE = 8 * 1024 * 1024
 
@@ -94,7 +97,31 @@ def error_response(
 
 
 def _forwarded_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in _NOT_FORWARDED)
+    """The client's headers less hop-by-hop ones, those ``Connection`` names included."""
+    dropped = _NOT_FORWARDED
+    if "Connection" in headers:
+        named = {t.strip().lower() for v in headers.getall("Connection") for t in v.split(",")}
+        dropped = dropped | named
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in dropped)
+
+
+class _Warnings:
+    """Upstream failures logged at most once per :data:`LOG_EVERY` seconds per kind,
+    with the count of those left out (an engine that is down fails every request)."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._left_out: dict[str, int] = {}
+
+    def __call__(self, kind: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last.get(kind, -LOG_EVERY) < LOG_EVERY:
+            self._left_out[kind] = self._left_out.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        more = self._left_out.pop(kind, 0)
+        suffix = f" ({more} more like it in the last {LOG_EVERY:g}s)" if more else ""
+        log.warning(message + suffix, *args)
 
 
 @dataclass
@@ -140,6 +167,7 @@ class Gate:
         self.thinking = caps.thinking_field(config.engine)
         self._base = config.upstream.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
+        self._warn = _Warnings()
 
     @asynccontextmanager
     async def upstream(self) -> AsyncIterator[None]:
@@ -249,7 +277,7 @@ class Gate:
         else:
             reason, what = "broken", f"failed before answering: {exc or type(exc).__name__}"
         self.metrics.upstream_errors.labels(reason).inc()
-        log.warning("upstream %s %s", self.config.upstream, what)
+        self._warn(reason, "upstream %s %s", self.config.upstream, what)
         return error_response(
             502, f"the upstream {self.config.upstream} {what}", kind="upstream_error"
         )
@@ -292,7 +320,7 @@ class Gate:
 
     def _broken_midway(self, request: web.BaseRequest, exc: BaseException) -> None:
         self.metrics.upstream_errors.labels("broken").inc()
-        log.warning("upstream %s broke mid-response: %s", self.config.upstream, exc)
+        self._warn("broken", "upstream %s broke mid-response: %s", self.config.upstream, exc)
         if request.transport is not None:
             request.transport.close()  # no end of the chunked body: the client sees the cut
 
