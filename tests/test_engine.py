@@ -218,22 +218,20 @@ async def test_the_llamacpp_preset_reads_the_engine(
         )
         assert {s.name: s.value for s in idle.signals}["queue"] == 0
         assert idle.truncation is None  # llama.cpp reports no finish reasons
-        # one long generation: running 1, tokens flowing
-        body = {**STORY, "max_tokens": 120}
-        busy = asyncio.create_task(
-            post_json(session, llama_server.url + "/v1/chat/completions", body)
-        )
+        # six generations on four slots: four running, two waiting, tokens flowing
+        body = {**STORY, "max_tokens": 60}
+        url = llama_server.url + "/v1/chat/completions"
+        busy = asyncio.gather(*(post_json(session, url, body) for _ in range(6)))
 
         def read(o: Any) -> dict[str, float | None]:
             return {s.name: s.value for s in o.signals}
 
-        seen = await eventually(
+        await eventually(
             lambda: reader.observe("serving", "p", spec),
-            lambda o: o.ok and read(o)["running"] == 1,
+            lambda o: o.ok and read(o)["running"] == 4 and read(o)["queue"] == 2,
             30,
-            "running 1",
+            "running 4, queue 2",
         )
-        assert read(seen)["queue"] == 0
         await busy
         after = await eventually(
             lambda: reader.observe("serving", "p", spec),

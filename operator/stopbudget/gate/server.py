@@ -107,7 +107,8 @@ async def running_gate(options: ServeOptions) -> AsyncIterator[RunningGate]:
     watcher.load()
     gate = Gate(options.config, lambda: watcher.table, metrics)
     proxy = web.ServerRunner(
-        web.Server(gate.handle, handler_cancellation=True, access_log=None),
+        # keep-alive as web.run_app has it (the low-level default is an hour)
+        web.Server(gate.handle, handler_cancellation=True, access_log=None, keepalive_timeout=75),
         shutdown_timeout=options.shutdown_grace,
     )
     monitor = web.AppRunner(_metrics_app(metrics), access_log=None, shutdown_timeout=1.0)
