@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 DEFAULT_CLASS_HEADER = "x-stopbudget-class"
 #: Largest request body on a capped route (images sent inline as base64 need room).
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
+#: Seconds an idle upstream connection is kept for reuse (engines close theirs at 5 s).
+UPSTREAM_KEEPALIVE = 2.0
 #: Seconds between two log lines about the same kind of upstream failure.
 LOG_EVERY = 10.0
 #: Largest JSON response kept to read its usage (the response streams through anyway).
@@ -172,7 +174,12 @@ class Gate:
     @asynccontextmanager
     async def upstream(self) -> AsyncIterator[None]:
         """Hold the connection pool to the upstream while the block runs."""
-        connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=False)
+        # An idle connection is dropped before the engine drops it: llama-server and
+        # uvicorn (vLLM, SGLang) close idle ones after 5 s, and a request sent on a
+        # connection the server is closing fails (seen on llama-server: a 502).
+        connector = aiohttp.TCPConnector(
+            limit=0, keepalive_timeout=UPSTREAM_KEEPALIVE, enable_cleanup_closed=False
+        )
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.config.connect_timeout)
         async with aiohttp.ClientSession(
             connector=connector,
