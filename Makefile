@@ -14,7 +14,7 @@ DEB_PACKAGES := prometheus prometheus-alertmanager etcd-server openssl
 DEB_COMMANDS := prometheus promtool prometheus-alertmanager etcd openssl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup debs test lint typecheck unit demo crd docs bench bench-operator flake-hunt clean
+.PHONY: help setup debs test lint typecheck unit demo crd docs bench bench-operator bench-gate flake-hunt clean
 
 help:
 	@echo "make demo   - run the control loop locally: Prometheus, emulated Kubernetes, load, operator"
@@ -23,6 +23,7 @@ help:
 	@echo "make docs   - regenerate docs/api.md from the models"
 	@echo "make bench  - simulator, audit and operator benchmarks on the bundled real data (~2 min)"
 	@echo "make bench-operator - operator overhead at 10, 100 and 1,000 policies (~4 min)"
+	@echo "make bench-gate - the gate's added latency, throughput and RSS; caps on llama-server (~3 min)"
 	@echo "make flake-hunt - make test RUNS times (default 5) with both cores loaded"
 
 $(BIN)/python:
@@ -76,6 +77,9 @@ bench: setup
 
 bench-operator: setup
 	$(BIN)/python benchmarks/bench_operator.py
+
+bench-gate: setup
+	$(BIN)/python benchmarks/bench_gate.py
 
 # Five loaded runs of `make test` in a row (both cores busy): what issue 13 asks to pass.
 flake-hunt:
