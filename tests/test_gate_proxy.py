@@ -7,8 +7,8 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,11 +84,14 @@ async def until(probe: Callable[[], Any], what: str, within: float = 10.0) -> No
     await eventually(check, bool, within, what)
 
 
-def closed_port() -> int:
+@contextmanager
+def dead_port() -> Iterator[int]:
+    """A port nothing listens on, held bound so that no socket takes it meanwhile (a
+    freed ephemeral port can become the gate's own local port: a TCP self-connect)."""
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         port: int = sock.getsockname()[1]
-    return port
+        yield port
 
 
 # --------------------------------------------------------------------------- caps
@@ -474,16 +477,17 @@ async def test_unreachable_upstream_is_a_502_naming_it(
     volume: ConfigMapVolume, client: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
     volume.write({"default.output": "64"})
-    dead = f"http://{HOST}:{closed_port()}"
-    async with gate(dead, volume.dir) as g:
-        for path in (CHAT, "/v1/models", CHAT, CHAT):
-            async with client.post(g.url + path, json={}) as response:
-                assert response.status == 502
-                error = (await response.json())["error"]
-            assert error["message"].startswith(f"the upstream {dead} is unreachable: ")
-            assert error["type"] == "upstream_error"
-        assert sample(g, "stopbudget_gate_upstream_errors_total", reason="unreachable") == 4
-        assert sample(g, "stopbudget_gate_requests_in_flight") == 0
+    with dead_port() as port:
+        dead = f"http://{HOST}:{port}"
+        async with gate(dead, volume.dir) as g:
+            for path in (CHAT, "/v1/models", CHAT, CHAT):
+                async with client.post(g.url + path, json={}) as response:
+                    assert response.status == 502
+                    error = (await response.json())["error"]
+                assert error["message"].startswith(f"the upstream {dead} is unreachable: ")
+                assert error["type"] == "upstream_error"
+            assert sample(g, "stopbudget_gate_upstream_errors_total", reason="unreachable") == 4
+            assert sample(g, "stopbudget_gate_requests_in_flight") == 0
     logged = [r for r in caplog.records if r.name == "stopbudget.gate.proxy"]
     assert len(logged) == 1  # a dead engine fails every request: said once per 10 s
     assert logged[0].getMessage().startswith(f"upstream {dead} is unreachable: ")
