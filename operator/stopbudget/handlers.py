@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 RESOURCE = (api.GROUP, api.VERSION, api.PLURAL)
 FINALIZER = f"{api.GROUP}/finalizer"
 READINESS = endpoints.Readiness()
+#: Seconds the loop runs on after kopf closes its sessions, for TLS connections to close.
+TLS_CLOSE_GRACE = 0.25
 #: Longest the webhook answers 503 after a start while it has not met every StopPolicy.
 WEBHOOK_SETTLE_SECONDS = 60.0
 
@@ -146,6 +148,21 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await services.close()
     for runner in memo.get("runners", []):
         await runner.cleanup()
+    # kopf closes its API sessions after the cleanup handlers; a TLS connection needs the
+    # loop a little longer to finish closing (aiohttp's graceful-shutdown advice), or it is
+    # left half-closed when the loop ends. This task keeps the loop that long.
+    asyncio.get_running_loop().create_task(linger(TLS_CLOSE_GRACE), name="tls close grace")
+
+
+async def linger(seconds: float) -> None:
+    """Sleep ``seconds``, cancelled or not: asyncio.run waits for cancelled tasks to end."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while (left := deadline - loop.time()) > 0:
+        try:
+            await asyncio.sleep(left)
+        except asyncio.CancelledError:
+            continue
 
 
 @kopf.daemon(*RESOURCE, cancellation_backoff=1.0, cancellation_timeout=10.0)
