@@ -37,13 +37,15 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_operator import MODELS, PolicyShape, counting_cluster
-from stopbudget import api, promql, reconcile
-from stopbudget.devservers import DevPrometheus
-from stopbudget.exporter import EngineExporter
-from stopbudget.kube import MERGE_PATCH, Kube
-from stopbudget.metrics import OperatorMetrics
-from stopbudget.prometheus import PrometheusReader
-from stopbudget.settings import Settings
+from stopbudget import api
+from stopbudget.clients.kube import MERGE_PATCH, Kube
+from stopbudget.clients.metrics import OperatorMetrics
+from stopbudget.clients.prometheus import PrometheusReader
+from stopbudget.clients.settings import Settings
+from stopbudget.controller import reconcile
+from stopbudget.core import promql
+from stopbudget.devkit.exporter import EngineExporter
+from stopbudget.devkit.servers import DevPrometheus
 
 
 def per_call(calls: int, fn: Callable[[], object]) -> float:

@@ -2,7 +2,7 @@
 
 Usage: ``python benchmarks/_operator_probe.py OUT.json run -A --kubeconfig ...``
 
-It runs the unchanged operator (``stopbudget.cli.main``) after wrapping, in
+It runs the unchanged operator (``stopbudget.cli.main.main``) after wrapping, in
 this process only:
 
 * the thread pools of ``kube.py`` (Kubernetes calls) and ``prometheus.py``
@@ -41,7 +41,8 @@ from unittest import mock
 import kopf
 from kopf._core.reactor import processing
 
-from stopbudget import cli, endpoints, kube, prometheus
+from stopbudget.cli import main as cli
+from stopbudget.clients import endpoints, kube, prometheus
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -39,8 +39,8 @@ from tests.openai_server import (  # noqa: E402
 )
 
 from stopbudget.api import AuditMethod  # noqa: E402
-from stopbudget.audits import dataset  # noqa: E402
-from stopbudget.audits.runner import AuditOutcome, AuditPlan, run_audit  # noqa: E402
+from stopbudget.clients.audit_runner import AuditOutcome, AuditPlan, run_audit  # noqa: E402
+from stopbudget.core.audits import dataset  # noqa: E402
 
 QUESTIONS = 200
 LADDER = (64, 128, 256, 512, 1024)

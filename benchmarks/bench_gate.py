@@ -44,8 +44,8 @@ sys.path.insert(0, str(ROOT))  # for tests.kubelet
 
 from tests.kubelet import ConfigMapVolume  # noqa: E402
 
-from stopbudget import devengine, devservers  # noqa: E402
-from stopbudget.audits import dataset  # noqa: E402
+from stopbudget.core.audits import dataset  # noqa: E402
+from stopbudget.devkit import engine, servers  # noqa: E402
 
 CONCURRENCY = (1, 16, 128)
 CAPS = (16, 32, 64)
@@ -72,8 +72,8 @@ def memory_mib(pid: int) -> tuple[float, float]:
 
 def _ready(url: str) -> bool:
     try:
-        devservers.http_json("GET", url, timeout=1.0)
-    except devservers.ServerError:
+        servers.http_json("GET", url, timeout=1.0)
+    except servers.ServerError:
         return False
     return True
 
@@ -83,7 +83,7 @@ def process(args: Sequence[str], ready_url: str, log: Path) -> Iterator[subproce
     with log.open("wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
         try:
-            devservers.wait_until(lambda: _ready(ready_url), timeout=60, what=ready_url)
+            servers.wait_until(lambda: _ready(ready_url), timeout=60, what=ready_url)
             yield proc
         finally:
             proc.terminate()
@@ -97,7 +97,7 @@ def process(args: Sequence[str], ready_url: str, log: Path) -> Iterator[subproce
 @contextmanager
 def gate(upstream: str, budgets: Path, engine: str, work: Path) -> Iterator[tuple[str, str, int]]:
     """``stopbudget gate`` as a process: (url, metrics url, pid)."""
-    port, metrics = devservers.free_port(), devservers.free_port()
+    port, metrics = servers.free_port(), servers.free_port()
     args = [
         sys.executable, "-m", "stopbudget", "gate",
         "--upstream", upstream, "--budgets", str(budgets), "--engine", engine,
@@ -158,7 +158,7 @@ def count(concurrency: int, quick: bool) -> int:
 
 
 async def overhead(work: Path, quick: bool) -> None:
-    up_port = devservers.free_port()
+    up_port = servers.free_port()
     upstream = f"http://127.0.0.1:{up_port}"
     volume = ConfigMapVolume(work / "budgets")
     volume.write({"default.output": "256"})
@@ -225,24 +225,24 @@ async def _budget_in_force(metrics_url: str, cap: int) -> None:
     line = f'stopbudget_gate_budget_tokens{{class="default",kind="output"}} {float(cap)}'
 
     def applied() -> bool:
-        text = devservers.http_json("GET", metrics_url + "/metrics")
+        text = servers.http_json("GET", metrics_url + "/metrics")
         return isinstance(text, str) and line in text.splitlines()
 
-    await asyncio.to_thread(devservers.wait_until, applied, timeout=10, what=f"cap {cap}")
+    await asyncio.to_thread(servers.wait_until, applied, timeout=10, what=f"cap {cap}")
 
 
-def _engine_count(server: devengine.DevLlamaServer, before: int, reported: int) -> int:
+def _engine_count(server: engine.DevLlamaServer, before: int, reported: int) -> int:
     """Tokens the engine counted since ``before``, once it has counted what was reported."""
 
     def counted() -> int | None:
         delta = server.tokens_predicted() - before
         return delta if delta >= reported else None
 
-    return devservers.wait_until(counted, timeout=10, what="the engine's count")
+    return servers.wait_until(counted, timeout=10, what="the engine's count")
 
 
 async def caps_on_engine(
-    server: devengine.DevLlamaServer, url: str, metrics_url: str, volume: ConfigMapVolume
+    server: engine.DevLlamaServer, url: str, metrics_url: str, volume: ConfigMapVolume
 ) -> None:
     text = (ROOT / "data" / "golden" / "gsm8k_test.jsonl").read_text(encoding="utf-8")
     questions = [item.question for item in dataset.parse_golden(text)[:QUESTIONS]]
@@ -332,14 +332,14 @@ async def propagation(url: str, volume: ConfigMapVolume, trials: int) -> None:
 
 
 async def engine_part(work: Path, quick: bool, *, caps: bool = True) -> None:
-    lacking = devengine.missing()
+    lacking = engine.missing()
     if lacking:
         print(f"\nllama-server part skipped: missing {', '.join(lacking)}")
         return
     volume = ConfigMapVolume(work / "engine-budgets")
     volume.write({"default.output": str(CAPS[0])})
     with (
-        devengine.DevLlamaServer(workdir=work / "llama-server") as server,
+        engine.DevLlamaServer(workdir=work / "llama-server") as server,
         gate(server.url, volume.dir, "llamacpp", work) as (url, metrics_url, _),
     ):
         if caps:

@@ -4,13 +4,13 @@
 The REAL operator (``stopbudget run -A``) runs as a subprocess, so that its CPU
 time and memory are its own, against:
 
-* the Kubernetes emulator (``stopbudget.emulator``, kmock) in a thread of this
+* the Kubernetes emulator (``stopbudget.devkit.emulator``, kmock) in a thread of this
   process, holding N Deployments (a vLLM container and a sidecar) and N
   StopPolicies spread over 10 namespaces: env or arg sink, a prior curve, the
   vLLM preset with one or two signals (queue; queue + kvCache; queue +
   latencyP95), two thirds in Auto mode and one third in Recommend mode;
 * ONE real Prometheus (the Debian package) scraping four engine exporters
-  (``stopbudget.exporter``, one model each, steady load); every policy selects
+  (``stopbudget.devkit.exporter``, one model each, steady load); every policy selects
   one model's series with ``load.selector``.
 
 For each size: create the objects, start the operator, wait until every policy
@@ -74,10 +74,10 @@ from unittest import mock
 
 import aiohttp.web
 
-from stopbudget import emulator as emulator_module
-from stopbudget.devservers import DevPrometheus, free_port, missing_binaries
-from stopbudget.emulator import Emulator, ThreadedCluster, emulated_cluster_in_thread
-from stopbudget.exporter import EngineExporter
+from stopbudget.devkit import emulator as emulator_module
+from stopbudget.devkit.emulator import Emulator, ThreadedCluster, emulated_cluster_in_thread
+from stopbudget.devkit.exporter import EngineExporter
+from stopbudget.devkit.servers import DevPrometheus, free_port, missing_binaries
 
 SIZES = (10, 100, 1000)
 INTERVAL = 5.0

@@ -27,7 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-from stopbudget.sim import command, report
+from stopbudget.cli import simulate
+from stopbudget.sim import report
 from stopbudget.sim.engine import Comparison, Summary
 
 SEEDS = range(10)
@@ -108,7 +109,7 @@ def main() -> int:
     given = options.parse_args()
     os.chdir(ROOT)
     top = argparse.ArgumentParser(prog="stopbudget")
-    command.add_parser(top.add_subparsers(dest="command"))
+    simulate.add_parser(top.add_subparsers(dest="command"))
     started = time.perf_counter()
     print(
         f"# stopbudget simulator benchmark (Python {platform.python_version()}, "
@@ -120,9 +121,9 @@ def main() -> int:
             line += ["--out", str(Path(given.out) / key)]
         args = top.parse_args(line[1:])
         t0 = time.perf_counter()
-        advance, close = command.progress_bar(disabled=False)
+        advance, close = simulate.progress_bar(disabled=False)
         try:
-            comparison = command.simulate_from_args(args, advance)
+            comparison = simulate.simulate_from_args(args, advance)
         finally:
             close()
         elapsed = time.perf_counter() - t0
@@ -140,7 +141,7 @@ def main() -> int:
         for seed in SEEDS:
             if seed != args.seed:
                 again = top.parse_args([*line[1:], "--seed", str(seed), "--no-progress"])
-                runs.append(summaries(command.simulate_from_args(again)))
+                runs.append(summaries(simulate.simulate_from_args(again)))
         print(f"Over seeds {SEEDS.start}-{SEEDS.stop - 1}, mean [min, max]:\n")
         print(seed_spread(runs))
         print(f"\n({len(runs)} seeds in {time.perf_counter() - t0:.1f} s)\n")

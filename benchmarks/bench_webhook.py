@@ -1,7 +1,7 @@
 """Benchmark: does the operator's event loop stay responsive while the Alertmanager
 webhook takes in and processes payloads at the body limit?
 
-The webhook (``alerts.create_app``) and the health/metrics server
+The webhook (``webhook.create_app``) and the health/metrics server
 (``endpoints.app``) run in a CHILD process, served by ``endpoints.serve`` on one
 event loop exactly as ``handlers.startup`` serves them, with ``--policies``
 StopPolicies to match against (half select by ``stoppolicy`` + ``namespace``,
@@ -47,21 +47,20 @@ PATH = "/alertmanager"
 
 def _serve(conn: Connection, policies: int, token_file: str) -> None:
     """The operator's side: both servers on one loop; sends the two ports, runs until killed."""
-    from stopbudget import endpoints
-    from stopbudget.audits import alerts
-    from stopbudget.metrics import OperatorMetrics
+    from stopbudget.clients import endpoints, webhook
+    from stopbudget.clients.metrics import OperatorMetrics
 
     logging.basicConfig(level=logging.INFO, filename=os.devnull)
     targets = [
-        alerts.PolicyTarget(f"ns{i % 10}", f"policy{i}")
+        webhook.PolicyTarget(f"ns{i % 10}", f"policy{i}")
         if i % 2 == 0
-        else alerts.PolicyTarget(
+        else webhook.PolicyTarget(
             f"ns{i % 10}", f"policy{i}", match_labels={"team": f"team{i}", "model": "m"}
         )
         for i in range(policies)
     ]
 
-    async def on_alerts(update: alerts.PolicyAlerts) -> None:
+    async def on_alerts(update: webhook.PolicyAlerts) -> None:
         return None
 
     async def main() -> None:
@@ -70,13 +69,13 @@ def _serve(conn: Connection, policies: int, token_file: str) -> None:
         health, health_port = await endpoints.serve(
             endpoints.app(metrics, readiness), "127.0.0.1", 0
         )
-        webhook = alerts.create_app(
+        webhook_app = webhook.create_app(
             token_file=token_file,
             on_alerts=on_alerts,
             policies=lambda: targets,
             metrics=metrics,
         )
-        hook, hook_port = await endpoints.serve(webhook, "127.0.0.1", 0, auto_decompress=False)
+        hook, hook_port = await endpoints.serve(webhook_app, "127.0.0.1", 0, auto_decompress=False)
         conn.send((health_port, hook_port))
         try:
             await asyncio.Event().wait()

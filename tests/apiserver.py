@@ -15,8 +15,8 @@ from typing import Any
 import celpy
 import jsonschema
 
-from stopbudget import crdgen, validate
-from stopbudget.validate import apply_defaults
+from stopbudget.schema import crdgen, validate
+from stopbudget.schema.validate import apply_defaults
 
 # cel-python's parser raises the recursion limit the first time it runs; do it at
 # import so that it does not happen inside a hypothesis test (which warns).

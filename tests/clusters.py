@@ -1,9 +1,9 @@
 """The two Kubernetes backends the end-to-end tests run on, behind one synchronous interface.
 
-* ``kmock``: kmock's emulator with the gaps that :mod:`stopbudget.emulator` fills
+* ``kmock``: kmock's emulator with the gaps that :mod:`stopbudget.devkit.emulator` fills
   (fast, in-process, and what ``make demo`` runs on);
 * ``apiserver``: the real kube-apiserver v1.28.7 from ``shared/k8s``
-  (:mod:`stopbudget.devkube`) with the committed CRD applied by kubectl, and
+  (:mod:`stopbudget.devkit.apiserver`) with the committed CRD applied by kubectl, and
   the operator authenticated as the Helm chart's ServiceAccount with the RBAC
   the chart renders — so a missing permission is a 403 here, as in a cluster.
 
@@ -28,8 +28,8 @@ import requests
 import yaml
 
 from stopbudget import api
-from stopbudget.devkube import DevKubeApiServer
-from stopbudget.emulator import ThreadedCluster
+from stopbudget.devkit.apiserver import DevKubeApiServer
+from stopbudget.devkit.emulator import ThreadedCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "stopbudget"

@@ -12,9 +12,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from stopbudget import devengine, devkube, devservers
-from stopbudget.emulator import emulated_cluster_in_thread
-from stopbudget.exporter import ENGINES, EngineExporter
+from stopbudget.devkit import apiserver, engine, servers
+from stopbudget.devkit.emulator import emulated_cluster_in_thread
+from stopbudget.devkit.exporter import ENGINES, EngineExporter
 from tests.clusters import (
     ApiServerCluster,
     Cluster,
@@ -26,7 +26,7 @@ from tests.clusters import (
 
 def pytest_configure(config: pytest.Config) -> None:
     """SIGTERM (as `timeout` sends) ends the run through SystemExit, so that the servers
-    the run started are stopped at exit (stopbudget.devservers) rather than left behind."""
+    the run started are stopped at exit (stopbudget.devkit.servers) rather than left behind."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
@@ -70,7 +70,7 @@ EXPORTER_POOL_SIZE = 4
 
 def require_binaries(*names: str) -> None:
     """Skip the calling test when a server binary is missing."""
-    missing = devservers.missing_binaries(*names)
+    missing = servers.missing_binaries(*names)
     if missing:
         pytest.skip(
             f"{', '.join(missing)} not installed: `make test` installs the Debian packages "
@@ -80,7 +80,7 @@ def require_binaries(*names: str) -> None:
 
 def wait_for(probe: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:
     """Poll ``probe`` until it returns something truthy; return it."""
-    return devservers.wait_until(probe, timeout=timeout, what=what)
+    return servers.wait_until(probe, timeout=timeout, what=what)
 
 
 async def eventually(
@@ -112,13 +112,13 @@ def _exporter_pool() -> Iterator[list[EngineExporter]]:
 
 
 @pytest.fixture(scope="session")
-def prometheus_server(_exporter_pool: list[EngineExporter]) -> Iterator[devservers.DevPrometheus]:
+def prometheus_server(_exporter_pool: list[EngineExporter]) -> Iterator[servers.DevPrometheus]:
     """The session's real Prometheus (1 s scrapes), jobs `engines` and `stopbudget`.
 
     Tests may add targets, rules and Alertmanagers but must remove what they add.
     """
-    require_binaries(devservers.PROMETHEUS)
-    with devservers.DevPrometheus(jobs=(ENGINES_JOB, OPERATOR_JOB)) as prom:
+    require_binaries(servers.PROMETHEUS)
+    with servers.DevPrometheus(jobs=(ENGINES_JOB, OPERATOR_JOB)) as prom:
         targets = [e.target for e in _exporter_pool]
         prom.add_targets(ENGINES_JOB, "pool", targets)
         prom.wait_for_targets(ENGINES_JOB, targets, timeout=30)
@@ -131,7 +131,7 @@ _in_use: set[EngineExporter] = set()
 
 @pytest.fixture
 def make_exporter(
-    prometheus_server: devservers.DevPrometheus,
+    prometheus_server: servers.DevPrometheus,
     _exporter_pool: list[EngineExporter],
     request: pytest.FixtureRequest,
 ) -> Iterator[Callable[..., EngineExporter]]:
@@ -172,14 +172,14 @@ def make_exporter(
 
 
 @pytest.fixture
-def start_prometheus() -> Iterator[Callable[..., devservers.DevPrometheus]]:
+def start_prometheus() -> Iterator[Callable[..., servers.DevPrometheus]]:
     """Starter of extra real Prometheus servers (``DevPrometheus`` keyword arguments),
     for tests that stop, restart or reconfigure one; all are closed at the end."""
-    require_binaries(devservers.PROMETHEUS)
-    started: list[devservers.DevPrometheus] = []
+    require_binaries(servers.PROMETHEUS)
+    started: list[servers.DevPrometheus] = []
 
-    def start(**kwargs: Any) -> devservers.DevPrometheus:
-        prom = devservers.DevPrometheus(**kwargs)
+    def start(**kwargs: Any) -> servers.DevPrometheus:
+        prom = servers.DevPrometheus(**kwargs)
         started.append(prom)
         return prom.start()
 
@@ -189,14 +189,14 @@ def start_prometheus() -> Iterator[Callable[..., devservers.DevPrometheus]]:
 
 
 @pytest.fixture
-def start_alertmanager() -> Iterator[Callable[..., devservers.DevAlertmanager]]:
+def start_alertmanager() -> Iterator[Callable[..., servers.DevAlertmanager]]:
     """Starter of real Alertmanagers (``DevAlertmanager`` keyword arguments, e.g.
     ``webhook_url=..., webhook_token=...``); all are closed at the end."""
-    require_binaries(devservers.ALERTMANAGER)
-    started: list[devservers.DevAlertmanager] = []
+    require_binaries(servers.ALERTMANAGER)
+    started: list[servers.DevAlertmanager] = []
 
-    def start(**kwargs: Any) -> devservers.DevAlertmanager:
-        am = devservers.DevAlertmanager(**kwargs)
+    def start(**kwargs: Any) -> servers.DevAlertmanager:
+        am = servers.DevAlertmanager(**kwargs)
         started.append(am)
         return am.start()
 
@@ -218,7 +218,7 @@ BACKENDS = [
 
 def require_real_apiserver() -> None:
     """Skip the calling test, naming what is missing, when no real API server can run."""
-    lacking = devkube.missing()
+    lacking = apiserver.missing()
     if lacking:
         pytest.skip(
             f"the real kube-apiserver needs {', '.join(lacking)}: it is in shared/k8s "
@@ -232,7 +232,7 @@ def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealServer
     ServiceAccount and RBAC; the operator authenticates as that ServiceAccount."""
     require_real_apiserver()
     directory = tmp_path_factory.mktemp("apiserver")
-    with devkube.DevKubeApiServer(workdir=directory / "server") as server:
+    with apiserver.DevKubeApiServer(workdir=directory / "server") as server:
         yield install_operator_identity(server, directory)
 
 
@@ -258,7 +258,7 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]
 
 def require_engine() -> None:
     """Skip the calling test, naming what is missing, when llama-server cannot run."""
-    lacking = devengine.missing()
+    lacking = engine.missing()
     if lacking:
         pytest.skip(
             f"the llama-server tests need {', '.join(lacking)}: the archive is in "
@@ -267,8 +267,8 @@ def require_engine() -> None:
 
 
 @pytest.fixture(scope="session")
-def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devengine.DevLlamaServer]:
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[engine.DevLlamaServer]:
     """llama-server on 127.0.0.1 (4 slots, 8192 tokens of context, 2 threads, --metrics)."""
     require_engine()
-    with devengine.DevLlamaServer(workdir=tmp_path_factory.mktemp("llama-server")) as server:
+    with engine.DevLlamaServer(workdir=tmp_path_factory.mktemp("llama-server")) as server:
         yield server

@@ -2,7 +2,7 @@
 
 The PrometheusRule is rendered from the chart, its ``spec.groups`` written as
 a rules file, and ``promtool test rules`` runs a unit test built here: input
-series named as the operator exports them (``stopbudget.metrics``), one
+series named as the operator exports them (``stopbudget.clients.metrics``), one
 policy per alert that must fire (with the ``namespace`` and ``stoppolicy``
 labels that route it back to the operator's webhook) and one that must stay
 quiet. Every PromQL expression, in the rules and in the dashboard, may only
@@ -22,7 +22,7 @@ import helm_python as helm
 import pytest
 import yaml
 
-from stopbudget import metrics
+from stopbudget.clients import metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "stopbudget"

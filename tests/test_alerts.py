@@ -26,10 +26,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stopbudget import endpoints
 from stopbudget.api import StopPolicySpec
-from stopbudget.audits import alerts as alerts_module
-from stopbudget.audits.alerts import (
+from stopbudget.clients import endpoints
+from stopbudget.clients import webhook as alerts_module
+from stopbudget.clients.metrics import OperatorMetrics
+from stopbudget.clients.webhook import (
     DEFAULT_PATH,
     RECEIVER,
     AlertReceiver,
@@ -55,7 +56,6 @@ from stopbudget.audits.alerts import (
     plan_payload,
     selects,
 )
-from stopbudget.metrics import OperatorMetrics
 from tests.conftest import eventually
 
 TOKEN = "s3cret-webhook-token"

@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from stopbudget import api, crdgen, validate
+from stopbudget import api
+from stopbudget.schema import crdgen, validate
 from tests.apiserver import admit, cel_problems
 
 budgets = st.integers(min_value=1, max_value=5000)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from stopbudget.audits import command
-from stopbudget.curve import wilson_lower
+from stopbudget.cli import audit as audit_command
+from stopbudget.core.curve import wilson_lower
 from tests.openai_server import MODEL, OpenAIServer, ThreadedOpenAIServer
 from tests.test_audit_runner import ITEMS, QUESTIONS, REPLIES, expected_curve
 
@@ -32,9 +32,9 @@ def golden(tmp_path: Path) -> Path:
 
 
 def audit(*args: str) -> int:
-    """Run ``stopbudget audit ARGS`` through :func:`command.add_parser`."""
+    """Run ``stopbudget audit ARGS`` through :func:`audit_command.add_parser`."""
     top = argparse.ArgumentParser(prog="stopbudget")
-    command.add_parser(top.add_subparsers(dest="command", required=True))
+    audit_command.add_parser(top.add_subparsers(dest="command", required=True))
     parsed = top.parse_args(["audit", *args])
     code: int = parsed.func(parsed)
     return code
@@ -220,14 +220,14 @@ def test_bad_options(
 
 
 def test_parse_budgets_sorts() -> None:
-    assert command.parse_budgets(" 512, 128 ,256 ") == (128, 256, 512)
+    assert audit_command.parse_budgets(" 512, 128 ,256 ") == (128, 256, 512)
 
 
 def test_choices_are_the_api_enums() -> None:
     from stopbudget.api import AuditApi, AuditMethod
 
-    assert set(command.METHODS) == {m.value for m in AuditMethod}
-    assert set(command.APIS) == {a.value for a in AuditApi}
+    assert set(audit_command.METHODS) == {m.value for m in AuditMethod}
+    assert set(audit_command.APIS) == {a.value for a in AuditApi}
 
 
 def test_building_the_parser_loads_no_heavy_module() -> None:
@@ -235,8 +235,8 @@ def test_building_the_parser_loads_no_heavy_module() -> None:
     import sys
 
     code = (
-        "import argparse, sys; from stopbudget.audits import command; "
-        "p = argparse.ArgumentParser(); command.add_parser(p.add_subparsers()); "
+        "import argparse, sys; from stopbudget.cli import audit as audit_command; "
+        "p = argparse.ArgumentParser(); audit_command.add_parser(p.add_subparsers()); "
         "heavy = ('aiohttp', 'pydantic', 'tqdm', 'matplotlib'); "
         "print(sorted(m for m in heavy if m in sys.modules))"
     )

@@ -11,8 +11,8 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stopbudget.audits import dataset
-from stopbudget.audits.dataset import DatasetError, GoldenItem
+from stopbudget.core.audits import dataset
+from stopbudget.core.audits.dataset import DatasetError, GoldenItem
 
 ROOT = Path(__file__).resolve().parent.parent
 GSM8K = ROOT / "data" / "golden" / "gsm8k_test.jsonl"

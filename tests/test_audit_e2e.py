@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 from kopf.testing import KopfRunner
 
-from stopbudget import devservers
-from stopbudget.curve import wilson_lower
-from stopbudget.reconcile import first_delay
+from stopbudget.controller.reconcile import first_delay
+from stopbudget.core.curve import wilson_lower
+from stopbudget.devkit import servers
 from tests.clusters import Cluster
 from tests.openai_server import MODEL, Canned, ThreadedOpenAIServer, reply
 
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.servers
 
 SP = ("stopbudget.io/v1alpha1", "StopPolicy")
 DEPLOY = ("apps/v1", "Deployment")
-OPERATOR = ["run", "-A", "--standalone", "-m", "stopbudget.handlers"]
+OPERATOR = ["run", "-A", "--standalone", "-m", "stopbudget.controller.handlers"]
 LADDER = [16, 32, 64, 128]
 
 
@@ -142,7 +142,7 @@ def test_audit_measures_the_known_curve_and_the_law_uses_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     server, hits, items = model_server
-    port = devservers.free_port()
+    port = servers.free_port()
     _env(monkeypatch, cluster, "http://127.0.0.1:9", port)  # no signals: Prometheus unused
     cluster.create(_deployment(cluster.ns))
     cluster.create(_configmap(cluster.ns, items))
@@ -198,7 +198,7 @@ def test_a_failed_audit_keeps_the_previous_curve(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     server, _, items = model_server
-    _env(monkeypatch, cluster, "http://127.0.0.1:9", devservers.free_port())
+    _env(monkeypatch, cluster, "http://127.0.0.1:9", servers.free_port())
     cluster.create(_deployment(cluster.ns))
     cluster.create(_configmap(cluster.ns, items[:10]))  # fewer answers than minSamples (40)
     policy = _policy(cluster.ns, server.url)
@@ -226,7 +226,7 @@ def test_alert_loop_with_real_prometheus_and_alertmanager(
     tmp_path: Path,
 ) -> None:
     server, _, items = model_server
-    metrics_port, webhook_port = devservers.free_port(), devservers.free_port()
+    metrics_port, webhook_port = servers.free_port(), servers.free_port()
     token = tmp_path / "token"
     token.write_text("s3cret-token\n", encoding="utf-8")
     alertmanager = start_alertmanager(
@@ -322,10 +322,10 @@ def test_alert_dedupe_survives_an_operator_restart(
     tmp_path: Path,
 ) -> None:
     server, _, items = model_server
-    webhook_port = devservers.free_port()
+    webhook_port = servers.free_port()
     token = tmp_path / "token"
     token.write_text("t0ken", encoding="utf-8")
-    metrics_port = devservers.free_port()
+    metrics_port = servers.free_port()
     _env(monkeypatch, cluster, "http://127.0.0.1:9", metrics_port)
     monkeypatch.setenv("STOPBUDGET_WEBHOOK_PORT", str(webhook_port))
     monkeypatch.setenv("STOPBUDGET_WEBHOOK_TOKEN_FILE", str(token))
@@ -364,7 +364,7 @@ def test_alert_dedupe_survives_an_operator_restart(
             except OSError:  # not listening yet
                 return False
 
-        devservers.wait_until(accepted, timeout=20, what="the webhook to accept")
+        servers.wait_until(accepted, timeout=20, what="the webhook to accept")
         stamp = _status(cluster.get(*SP, cluster.ns, "chat"))["lastEvaluationTime"]
         cluster.wait_for(
             *SP,
@@ -407,7 +407,7 @@ def test_an_alert_right_after_a_restart_is_never_lost(
     arrives before it must not be accepted and lost: 503 until the policy is known, then
     202 and the audit."""
     server, _, items = model_server
-    webhook_port, metrics_port = devservers.free_port(), devservers.free_port()
+    webhook_port, metrics_port = servers.free_port(), servers.free_port()
     token = tmp_path / "token"
     token.write_text("t0ken", encoding="utf-8")
     _env(monkeypatch, cluster, "http://127.0.0.1:9", metrics_port)
@@ -442,7 +442,7 @@ def test_an_alert_right_after_a_restart_is_never_lost(
         return answers[-1] == 202
 
     with KopfRunner(OPERATOR, timeout=60) as runner:
-        devservers.wait_until(accepted, timeout=30, what="the webhook to accept the alert")
+        servers.wait_until(accepted, timeout=30, what="the webhook to accept the alert")
         assert set(answers) <= {202, 503}, answers
         cluster.wait_for(*SP, cluster.ns, name, _last_audit("Succeeded", "alert"), within=30)
         cluster.wait_for_event(cluster.ns, name, "AuditSucceeded", count=2)

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stopbudget.audits import em
+from stopbudget.core.audits import em
 
 GSM8K = Path(__file__).resolve().parent.parent / "data" / "golden" / "gsm8k_test.jsonl"
 

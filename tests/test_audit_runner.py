@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 
 from stopbudget import api
-from stopbudget.audits import runner
-from stopbudget.audits.dataset import GoldenItem
-from stopbudget.audits.runner import AuditOutcome, AuditPlan, BudgetScore, run_audit
+from stopbudget.clients import audit_runner
+from stopbudget.clients.audit_runner import AuditOutcome, AuditPlan, BudgetScore, run_audit
+from stopbudget.core.audits.dataset import GoldenItem
 from tests.openai_server import MODEL, Canned, OpenAIServer, reply, words
 
 BUDGETS = (16, 32, 64, 128)
@@ -398,7 +398,7 @@ def test_plan_from_spec() -> None:
         }
     )
     quality = api.Quality.model_validate({"emTarget": 0.8, "emFloor": 0.7, "minSamples": 50})
-    plan = runner.plan_from_spec(audit, quality, ITEMS[:5], headers={"Authorization": "x"})
+    plan = audit_runner.plan_from_spec(audit, quality, ITEMS[:5], headers={"Authorization": "x"})
     assert plan.url == "http://vllm.serving:8000/v1/chat/completions"
     assert plan.ladder == (128, 256, 512)
     assert (plan.method, plan.concurrency, plan.timeout, plan.request_timeout) == (

@@ -18,7 +18,7 @@ from stopbudget.api import (
     AuditTrigger,
     LastAudit,
 )
-from stopbudget.audits.schedule import (
+from stopbudget.core.audits.schedule import (
     DEFERRABLE,
     MISSED_RUNS_CAP,
     PRECEDENCE,

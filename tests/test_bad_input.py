@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from stopbudget import validate
+from stopbudget.schema import validate
 from tests.apiserver import admit
 
 ROOT = Path(__file__).resolve().parent.parent

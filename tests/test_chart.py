@@ -3,8 +3,8 @@
 Lint, render with the default values and each ci/*-values.yaml, check every
 object against the Kubernetes schemas (kubernetes-validate, strict) or, for
 the Prometheus Operator's kinds, against their CRD schemas; then check what
-the operator relies on: RBAC equals stopbudget.kube.PERMISSIONS, probes and
-ports match stopbudget.settings, the entrypoint exists, the CRD copy and the
+the operator relies on: RBAC equals stopbudget.clients.kube.PERMISSIONS, probes and
+ports match stopbudget.clients.settings, the entrypoint exists, the CRD copy and the
 generated files are up to date.
 """
 
@@ -31,7 +31,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from stopbudget import cli, settings
+from stopbudget.cli import main
+from stopbudget.clients import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "stopbudget"
@@ -309,15 +310,17 @@ Grant = tuple[str, str, str]  # api group, resource, verb
 
 
 def permissions() -> list[tuple[str, str, tuple[str, ...]]]:
-    """stopbudget.kube.PERMISSIONS: the rules the operator's code uses."""
+    """stopbudget.clients.kube.PERMISSIONS: the rules the operator's code uses."""
     try:
-        from stopbudget import kube
+        from stopbudget.clients import kube
     except ModuleNotFoundError as exc:
-        if exc.name != "stopbudget.kube":
+        if exc.name != "stopbudget.clients.kube":
             raise
-        pytest.skip("stopbudget.kube is not written yet: RBAC is checked once PERMISSIONS exists")
+        pytest.skip(
+            "stopbudget.clients.kube is not written yet: RBAC is checked once PERMISSIONS exists"
+        )
     rules = list(kube.PERMISSIONS)
-    assert rules, "stopbudget.kube.PERMISSIONS is empty"
+    assert rules, "stopbudget.clients.kube.PERMISSIONS is empty"
     for group, resource, verbs in rules:
         assert isinstance(group, str)
         assert isinstance(resource, str)
@@ -413,14 +416,14 @@ def test_entrypoint_is_stopbudget_run() -> None:
     assert c["command"] == ["stopbudget"]
     assert c["args"] == ["run"]
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    assert project["scripts"]["stopbudget"] == "stopbudget.cli:main"
+    assert project["scripts"]["stopbudget"] == "stopbudget.cli.main:main"
     subcommands = next(
         action.choices
-        for action in cli.parser()._actions
+        for action in main.parser()._actions
         if isinstance(action.choices, dict) and "crd" in action.choices
     )
     if "run" not in subcommands:
-        pytest.skip("`stopbudget run` is not in stopbudget.cli yet: the chart calls it")
+        pytest.skip("`stopbudget run` is not in stopbudget.cli.main yet: the chart calls it")
     subcommands["run"].parse_args([])  # runs with no flags: the chart passes env only
 
 
@@ -447,7 +450,7 @@ def test_environment_is_valid_operator_settings(case: Obj | Path) -> None:
         for k in ours
         if k.removeprefix(settings.PREFIX).lower() not in settings.Settings.model_fields
     }
-    assert not unknown, f"not settings of stopbudget.settings: {unknown}"
+    assert not unknown, f"not settings of stopbudget.clients.settings: {unknown}"
     parsed = settings.from_env(ours)
     c = container(render(values_of(case)))
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}

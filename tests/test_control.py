@@ -9,9 +9,10 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from stopbudget import api, control
-from stopbudget.control import Observation, Rule, SignalReading, State, decide
-from stopbudget.curve import Curve, Point, from_prior
+from stopbudget import api
+from stopbudget.core import law
+from stopbudget.core.curve import Curve, Point, from_prior
+from stopbudget.core.law import Observation, Rule, SignalReading, State, decide
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -376,7 +377,7 @@ def _obs(pressure: float, em: float | None, failed: bool) -> Observation:
     )
 
 
-def _run(s: dict[str, Any], pressure: float | None = None) -> control.Decision:
+def _run(s: dict[str, Any], pressure: float | None = None) -> law.Decision:
     p = s["pressure"] if pressure is None else pressure
     return decide(
         s["spec"],

@@ -9,7 +9,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from stopbudget import api, crdgen, validate
+from stopbudget import api
+from stopbudget.schema import crdgen, validate
 from tests.apiserver import admit
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stopbudget import curve
 from stopbudget.api import CurvePoint, CurveSource, PriorPoint
+from stopbudget.core import curve
 
 
 @pytest.mark.parametrize(

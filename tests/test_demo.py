@@ -21,7 +21,7 @@ from typing import IO
 
 import pytest
 
-from stopbudget import demo, devservers
+from stopbudget.devkit import demo, servers
 from tests.conftest import require_binaries, wait_for
 
 pytestmark = pytest.mark.servers
@@ -66,7 +66,7 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 
 def test_demo_closes_the_loop_and_leaves_nothing_behind(tmp_path: Path) -> None:
-    require_binaries(devservers.PROMETHEUS)
+    require_binaries(servers.PROMETHEUS)
     threads_before = set(threading.enumerate())
     children_before = _children(os.getpid())
     out = io.StringIO()
@@ -120,7 +120,7 @@ def _reader(stream: IO[str], lines: queue.Queue[str | None]) -> None:
 
 
 def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
-    require_binaries(devservers.PROMETHEUS)
+    require_binaries(servers.PROMETHEUS)
     process = subprocess.Popen(
         [sys.executable, "-m", "stopbudget", "demo", "--duration", "60", "--out", str(tmp_path)],
         stdout=subprocess.PIPE,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from stopbudget import devservers
+from stopbudget.devkit import servers
 
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:
@@ -44,7 +44,7 @@ class _Starting:
 
 @pytest.fixture
 def starting_tls_server(tmp_path: Path) -> Iterator[tuple[_Starting, int, Path]]:
-    if devservers.find_binary("openssl") is None:
+    if servers.find_binary("openssl") is None:
         pytest.skip("openssl not installed")
     cert, key = _self_signed(tmp_path)
     state = _Starting()
@@ -86,7 +86,7 @@ def test_tls_prometheus_is_ready_only_when_it_answers_queries_over_tls(
     starting_tls_server: tuple[_Starting, int, Path], tmp_path: Path
 ) -> None:
     state, port, cert = starting_tls_server
-    prom = devservers.DevPrometheus(
+    prom = servers.DevPrometheus(
         jobs=(),
         web_config={"tls_server_config": {"cert_file": str(cert), "key_file": "unused"}},
         binary="/bin/true",
@@ -108,7 +108,7 @@ def test_readiness_over_tls_verifies_the_certificate(
     state, port, _ = starting_tls_server
     state.ready = True
     other, _ = _self_signed(tmp_path)  # a CA that did not sign the server's certificate
-    prom = devservers.DevPrometheus(
+    prom = servers.DevPrometheus(
         jobs=(),
         web_config={"tls_server_config": {"cert_file": "unused", "key_file": "unused"}},
         ca_file=other,
@@ -122,7 +122,7 @@ def test_readiness_over_tls_verifies_the_certificate(
 SCRIPT = """
 import signal, sys, threading
 signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-from stopbudget.devservers import DevPrometheus
+from stopbudget.devkit.servers import DevPrometheus
 prom = DevPrometheus(jobs=()).start()
 print(prom.pid, flush=True)
 threading.Event().wait()
@@ -132,7 +132,7 @@ threading.Event().wait()
 @pytest.mark.servers
 def test_a_run_ended_by_sigterm_leaves_no_server_behind() -> None:
     """`timeout` ends a test run with SIGTERM: the servers it started stop with it."""
-    if devservers.missing_binaries(devservers.PROMETHEUS):
+    if servers.missing_binaries(servers.PROMETHEUS):
         pytest.skip("prometheus not installed: `make test` installs it")
     runner = subprocess.Popen([sys.executable, "-c", SCRIPT], stdout=subprocess.PIPE, text=True)
     assert runner.stdout is not None
@@ -141,7 +141,7 @@ def test_a_run_ended_by_sigterm_leaves_no_server_behind() -> None:
     runner.send_signal(signal.SIGTERM)
     assert runner.wait(timeout=30) == 128 + signal.SIGTERM
     runner.stdout.close()
-    devservers.wait_until(lambda: not _alive(server_pid), timeout=15, what="prometheus stopped")
+    servers.wait_until(lambda: not _alive(server_pid), timeout=15, what="prometheus stopped")
 
 
 def _alive(pid: int) -> bool:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stopbudget import apidocs, cli
+from stopbudget.cli import main
+from stopbudget.schema import apidocs
 from tests.conftest import MINIMAL
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +44,7 @@ def _write(tmp_path: Path, name: str, docs: list[object]) -> Path:
 
 def test_validate_valid_files_exit_zero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = _write(tmp_path, "good.yaml", [MINIMAL])
-    assert cli.main(["validate", str(good)]) == 0
+    assert main.main(["validate", str(good)]) == 0
     assert capsys.readouterr().out == f"{good}: valid\n"
 
 
@@ -54,7 +55,7 @@ def test_validate_multi_document_reports_each(
     bad["spec"]["budget"]["min"] = 5000
     other = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"}}
     path = _write(tmp_path, "many.yaml", [MINIMAL, bad, other])
-    assert cli.main(["validate", "-q", str(path)]) == 1
+    assert main.main(["validate", "-q", str(path)]) == 1
     out = capsys.readouterr().out.splitlines()
     assert out == [
         f"{path}#2: spec.budget.min: min must not exceed max: lower budget.min or raise budget.max",
@@ -68,13 +69,13 @@ def test_validate_reports_yaml_errors_with_position(
 ) -> None:
     path = tmp_path / "broken.yaml"
     path.write_text("spec:\n  budget: [1,\n", encoding="utf-8")
-    assert cli.main(["validate", str(path)]) == 1
+    assert main.main(["validate", str(path)]) == 1
     out = capsys.readouterr().out
     assert out.startswith(f"{path}: line 3 column 1: not valid YAML")
 
 
 def test_validate_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["validate", str(tmp_path / "nope.yaml")]) == 1
+    assert main.main(["validate", str(tmp_path / "nope.yaml")]) == 1
     assert "cannot read" in capsys.readouterr().err
 
 
@@ -104,7 +105,7 @@ POLICY_EXAMPLES = [
 
 @pytest.mark.parametrize("path", POLICY_EXAMPLES, ids=lambda p: p.name)
 def test_examples_validate(path: Path) -> None:
-    assert cli.main(["validate", "-q", str(path)]) == 0
+    assert main.main(["validate", "-q", str(path)]) == 0
 
 
 def test_validate_golden_set_configmap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -115,7 +116,7 @@ def test_validate_golden_set_configmap(tmp_path: Path, capsys: pytest.CaptureFix
         "data": {"golden.jsonl": '{"question": "q", "answer": "1"}\n{"answer": "2"}\n'},
     }
     path = _write(tmp_path, "golden.yaml", [bad])
-    assert cli.main(["validate", "-q", str(path)]) == 1
+    assert main.main(["validate", "-q", str(path)]) == 1
     out = capsys.readouterr().out
     assert out.startswith(f"{path}: data.golden.jsonl: line 2: ")
     assert "question" in out

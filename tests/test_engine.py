@@ -18,15 +18,16 @@ from typing import Any
 import aiohttp
 import pytest
 
-from stopbudget import api, devengine, devservers
-from stopbudget.audits.dataset import GoldenItem
-from stopbudget.audits.runner import AuditOutcome, AuditPlan, run_audit
+from stopbudget import api
+from stopbudget.clients.audit_runner import AuditOutcome, AuditPlan, run_audit
+from stopbudget.clients.metrics import OperatorMetrics
+from stopbudget.clients.prometheus import PrometheusReader
+from stopbudget.clients.settings import Settings
+from stopbudget.core.audits.dataset import GoldenItem
+from stopbudget.devkit import engine, servers
 from stopbudget.gate.caps import Engine
 from stopbudget.gate.proxy import GateConfig
 from stopbudget.gate.server import Address, RunningGate, ServeOptions, running_gate
-from stopbudget.metrics import OperatorMetrics
-from stopbudget.prometheus import PrometheusReader
-from stopbudget.settings import Settings
 from tests.conftest import ENGINES_JOB, MINIMAL, eventually
 from tests.kubelet import ConfigMapVolume
 
@@ -37,9 +38,9 @@ PROMPT = {"prompt": "Once upon a time", "ignore_eos": True}
 
 
 @asynccontextmanager
-async def gate_on(server: devengine.DevLlamaServer, budgets: Path) -> AsyncIterator[RunningGate]:
+async def gate_on(server: engine.DevLlamaServer, budgets: Path) -> AsyncIterator[RunningGate]:
     config = GateConfig(server.url, engine=Engine.LLAMACPP)
-    listen = Address(devservers.HOST, 0)
+    listen = Address(servers.HOST, 0)
     options = ServeOptions(config, budgets, listen, listen, poll_interval=0.05)
     async with running_gate(options) as gate:
         yield gate
@@ -52,7 +53,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def generated(
-    server: devengine.DevLlamaServer, send: Callable[[], Any], expected: int
+    server: engine.DevLlamaServer, send: Callable[[], Any], expected: int
 ) -> tuple[int, Any]:
     """Tokens the engine generated for one request (its counter's step) and the answer."""
     before = server.tokens_predicted()
@@ -96,7 +97,7 @@ ATTEMPTS = [
 
 
 async def test_caps_per_class_by_the_engines_own_count(
-    llama_server: devengine.DevLlamaServer, tmp_path: Path, session: aiohttp.ClientSession
+    llama_server: engine.DevLlamaServer, tmp_path: Path, session: aiohttp.ClientSession
 ) -> None:
     volume = ConfigMapVolume(tmp_path / "budgets")
     volume.write({"default.output": "8", "long.output": "24"})
@@ -121,7 +122,7 @@ async def test_caps_per_class_by_the_engines_own_count(
 
 
 async def test_a_kubelet_update_reaches_the_next_request(
-    llama_server: devengine.DevLlamaServer, tmp_path: Path, session: aiohttp.ClientSession
+    llama_server: engine.DevLlamaServer, tmp_path: Path, session: aiohttp.ClientSession
 ) -> None:
     volume = ConfigMapVolume(tmp_path / "budgets")
     volume.write({"default.output": "4"})
@@ -144,7 +145,7 @@ async def test_a_kubelet_update_reaches_the_next_request(
 
 
 async def test_the_thinking_field_is_set_and_accepted(
-    llama_server: devengine.DevLlamaServer, tmp_path: Path, session: aiohttp.ClientSession
+    llama_server: engine.DevLlamaServer, tmp_path: Path, session: aiohttp.ClientSession
 ) -> None:
     """SmolLM2 does not think: this checks llama-server takes thinking_budget_tokens."""
     volume = ConfigMapVolume(tmp_path / "budgets")
@@ -161,7 +162,7 @@ async def test_the_thinking_field_is_set_and_accepted(
 
 
 async def test_a_client_that_goes_away_stops_the_generation(
-    llama_server: devengine.DevLlamaServer, tmp_path: Path, session: aiohttp.ClientSession
+    llama_server: engine.DevLlamaServer, tmp_path: Path, session: aiohttp.ClientSession
 ) -> None:
     volume = ConfigMapVolume(tmp_path / "budgets")
     volume.write({"default.output": "1500"})  # about 20 s of generation if never stopped
@@ -187,11 +188,11 @@ async def test_a_client_that_goes_away_stops_the_generation(
 
 
 async def test_the_llamacpp_preset_reads_the_engine(
-    llama_server: devengine.DevLlamaServer,
-    prometheus_server: devservers.DevPrometheus,
+    llama_server: engine.DevLlamaServer,
+    prometheus_server: servers.DevPrometheus,
     session: aiohttp.ClientSession,
 ) -> None:
-    target = f"{devservers.HOST}:{llama_server.port}"
+    target = f"{servers.HOST}:{llama_server.port}"
     selector = {"engine": "llama-server-under-test"}
     prometheus_server.add_targets(ENGINES_JOB, "llama-server", [target], labels=selector)
     spec = api.StopPolicySpec.model_validate(
@@ -273,7 +274,7 @@ PATTERN = r"\b(Paris|Rome|Berlin|Madrid)\b"
 
 
 async def audit(
-    server: devengine.DevLlamaServer, kind: api.AuditApi, method: api.AuditMethod
+    server: engine.DevLlamaServer, kind: api.AuditApi, method: api.AuditMethod
 ) -> AuditOutcome:
     plan = AuditPlan(
         endpoint=server.url,
@@ -292,7 +293,7 @@ async def audit(
 
 @pytest.mark.parametrize("kind", list(api.AuditApi))
 async def test_audits_direct_and_truncate_agree_on_the_engine(
-    llama_server: devengine.DevLlamaServer, kind: api.AuditApi
+    llama_server: engine.DevLlamaServer, kind: api.AuditApi
 ) -> None:
     truncate = await audit(llama_server, kind, api.AuditMethod.TRUNCATE)
     direct = await audit(llama_server, kind, api.AuditMethod.DIRECT)

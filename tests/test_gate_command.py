@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from stopbudget import cli, devservers
-from stopbudget.gate import command
+from stopbudget.cli import gate, main
+from stopbudget.devkit import servers
 from stopbudget.gate.caps import Engine
 from tests.openai_server import MODEL, ThreadedOpenAIServer, reply
 
 
 def test_engines_agree_with_the_caps_module() -> None:
-    assert tuple(e.value for e in Engine) == command.ENGINES
+    assert tuple(e.value for e in Engine) == gate.ENGINES
 
 
 @pytest.mark.parametrize(
@@ -34,7 +34,7 @@ def test_engines_agree_with_the_caps_module() -> None:
     ],
 )
 def test_addresses(text: str, parsed: tuple[str, int]) -> None:
-    assert command.parse_address(text) == parsed
+    assert gate.parse_address(text) == parsed
 
 
 @pytest.mark.parametrize(
@@ -57,19 +57,19 @@ def test_bad_flags_are_named(
     base = {"--upstream": "http://127.0.0.1:8080", "--budgets": str(tmp_path)}
     flags = dict(base, **dict(zip(argv[::2], argv[1::2], strict=True)))
     with pytest.raises(SystemExit) as exited:
-        cli.main(["gate", *[part for pair in flags.items() for part in pair]])
+        main.main(["gate", *[part for pair in flags.items() for part in pair]])
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
 
 
 def test_a_missing_budget_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "nope"
-    code = cli.main(["gate", "--upstream", "http://127.0.0.1:1", "--budgets", str(missing)])
+    code = main.main(["gate", "--upstream", "http://127.0.0.1:1", "--budgets", str(missing)])
     assert code == 2
     err = capsys.readouterr().err
     assert f"--budgets {missing} does not exist: give the directory where the budget" in err
     (tmp_path / "file").write_text("x")
-    code = cli.main(
+    code = main.main(
         ["gate", "--upstream", "http://127.0.0.1:1", "--budgets", str(tmp_path / "file")]
     )
     assert code == 2
@@ -79,12 +79,12 @@ def test_a_missing_budget_directory(tmp_path: Path, capsys: pytest.CaptureFixtur
 @pytest.mark.parametrize("value", ["big", "0", "-1", "1.5"])
 def test_a_bad_body_limit_names_the_variable(value: str) -> None:
     with pytest.raises(ValueError, match=f"STOPBUDGET_GATE_MAX_BODY_BYTES='{value}' is not a"):
-        command.max_body({command.MAX_BODY_ENV: value})
+        gate.max_body({gate.MAX_BODY_ENV: value})
 
 
 def test_body_limit_default_and_value() -> None:
-    assert command.max_body({}) == 16 * 1024 * 1024
-    assert command.max_body({command.MAX_BODY_ENV: "1024"}) == 1024
+    assert gate.max_body({}) == 16 * 1024 * 1024
+    assert gate.max_body({gate.MAX_BODY_ENV: "1024"}) == 1024
 
 
 def _get(url: str) -> bytes | None:
@@ -100,7 +100,7 @@ def test_the_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     (tmp_path / "default.output").write_text("2\n")
     question = "What is 1 + 2?"
     with ThreadedOpenAIServer({question: reply("3", 4)}) as server:
-        port, metrics_port = devservers.free_port(), devservers.free_port()
+        port, metrics_port = servers.free_port(), servers.free_port()
         process = subprocess.Popen(
             [
                 sys.executable, "-m", "stopbudget", "gate",
@@ -114,11 +114,11 @@ def test_the_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
             text=True,
         )  # fmt: skip
         try:
-            devservers.wait_until(
+            servers.wait_until(
                 lambda: _get(f"http://127.0.0.1:{metrics_port}/healthz"), timeout=30, what="gate"
             )
             body = {"model": MODEL, "prompt": question, "max_tokens": 100}
-            answer = devservers.http_json("POST", f"http://127.0.0.1:{port}/v1/completions", body)
+            answer = servers.http_json("POST", f"http://127.0.0.1:{port}/v1/completions", body)
             assert answer["choices"][0] == {
                 "index": 0,
                 "text": "step1 step2",
@@ -139,7 +139,7 @@ def test_the_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
 
 
 def test_a_taken_port_is_named(tmp_path: Path) -> None:
-    port = devservers.free_port()
+    port = servers.free_port()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", port))
         taken.listen()

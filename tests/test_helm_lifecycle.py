@@ -26,8 +26,9 @@ import helm_python as helm
 import pytest
 import yaml
 
-from stopbudget import api, devkube, devservers
-from stopbudget.exporter import EngineExporter
+from stopbudget import api
+from stopbudget.devkit import apiserver, servers
+from stopbudget.devkit.exporter import EngineExporter
 from tests.clusters import CHART, ROOT, install_monitoring_crds
 from tests.conftest import require_real_apiserver
 
@@ -133,22 +134,22 @@ def _merge(base: Obj, extra: Obj) -> Obj:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[devkube.DevKubeApiServer]:
+def server(tmp_path: Path) -> Iterator[apiserver.DevKubeApiServer]:
     """A fresh real API server: no CRD, nothing installed."""
     require_real_apiserver()
-    with devkube.DevKubeApiServer(workdir=tmp_path / "apiserver") as started:
+    with apiserver.DevKubeApiServer(workdir=tmp_path / "apiserver") as started:
         yield started
 
 
 @pytest.fixture(scope="module")
-def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devkube.DevKubeApiServer]:
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[apiserver.DevKubeApiServer]:
     """One real API server for the tests that install their own release names."""
     require_real_apiserver()
-    with devkube.DevKubeApiServer(workdir=tmp_path_factory.mktemp("helm")) as started:
+    with apiserver.DevKubeApiServer(workdir=tmp_path_factory.mktemp("helm")) as started:
         yield started
 
 
-def configs(server: devkube.DevKubeApiServer) -> Callable[[str], helm.Config]:
+def configs(server: apiserver.DevKubeApiServer) -> Callable[[str], helm.Config]:
     made: dict[str, helm.Config] = {}
 
     def config(namespace: str) -> helm.Config:
@@ -161,7 +162,7 @@ def configs(server: devkube.DevKubeApiServer) -> Callable[[str], helm.Config]:
     return config
 
 
-def run(server: devkube.DevKubeApiServer, config: Callable[[str], helm.Config], line: str) -> Any:
+def run(server: apiserver.DevKubeApiServer, config: Callable[[str], helm.Config], line: str) -> Any:
     """One README command line: helm through the SDK, kubectl as it is (from the repo root)."""
     if line.startswith("helm "):
         return helm_command(config, line)
@@ -172,7 +173,7 @@ def run(server: devkube.DevKubeApiServer, config: Callable[[str], helm.Config], 
     return server.kubectl(*args)
 
 
-def leftovers(server: devkube.DevKubeApiServer, release: str) -> list[str]:
+def leftovers(server: apiserver.DevKubeApiServer, release: str) -> list[str]:
     """The chart's objects of ``release`` still in the cluster (kinds the server lacks,
     such as the Prometheus Operator's, count as none)."""
     found: list[str] = []
@@ -188,7 +189,7 @@ def leftovers(server: devkube.DevKubeApiServer, release: str) -> list[str]:
     return found
 
 
-def release_objects(server: devkube.DevKubeApiServer, release: str, namespace: str) -> Obj:
+def release_objects(server: apiserver.DevKubeApiServer, release: str, namespace: str) -> Obj:
     deployment = json.loads(
         server.kubectl("get", "deployment", "-n", namespace, "-l",
                        f"app.kubernetes.io/instance={release}", "-o", "json").stdout
@@ -203,8 +204,8 @@ def release_objects(server: devkube.DevKubeApiServer, release: str, namespace: s
 
 
 def test_readme_install_upgrade_rollback_uninstall(
-    server: devkube.DevKubeApiServer,
-    prometheus_server: devservers.DevPrometheus,
+    server: apiserver.DevKubeApiServer,
+    prometheus_server: servers.DevPrometheus,
     make_exporter: Callable[..., EngineExporter],
     tmp_path: Path,
 ) -> None:
@@ -254,8 +255,8 @@ def test_readme_install_upgrade_rollback_uninstall(
 
 
 def reconcile_example_as_the_chart(
-    server: devkube.DevKubeApiServer,
-    prometheus: devservers.DevPrometheus,
+    server: apiserver.DevKubeApiServer,
+    prometheus: servers.DevPrometheus,
     make_exporter: Callable[..., EngineExporter],
     tmp_path: Path,
 ) -> None:
@@ -277,7 +278,7 @@ def reconcile_example_as_the_chart(
                                             "-o", "json").stdout)  # fmt: skip
             return bool((got.get("status") or {}).get("lastPatchTime"))
 
-        devservers.wait_until(patched, timeout=60, what="the example patched by the operator")
+        servers.wait_until(patched, timeout=60, what="the example patched by the operator")
         stored = server.kubectl("get", "deployment", "vllm-llama", "-n", "serving", "-o", "json")
         vllm_args = json.loads(stored.stdout)["spec"]["template"]["spec"]["containers"][0]["args"]
         assert '{"max_new_tokens": 1024}' not in vllm_args
@@ -310,7 +311,7 @@ def _vllm_deployment(spec: Obj) -> Obj:
 
 @pytest.mark.parametrize("values", CI_VALUES, ids=[p.name for p in CI_VALUES])
 def test_each_ci_values_file_installs_upgrades_and_uninstalls(
-    shared_server: devkube.DevKubeApiServer, values: Path
+    shared_server: apiserver.DevKubeApiServer, values: Path
 ) -> None:
     server = shared_server
     release = values.name.removesuffix("-values.yaml")
@@ -336,7 +337,7 @@ def test_each_ci_values_file_installs_upgrades_and_uninstalls(
 
 
 def test_a_watched_namespace_that_does_not_exist_fails_before_anything_is_applied(
-    shared_server: devkube.DevKubeApiServer,
+    shared_server: apiserver.DevKubeApiServer,
 ) -> None:
     server = shared_server
     server.kubectl("create", "namespace", "serving", check=False)
@@ -386,8 +387,8 @@ def _old_policy() -> Obj:
 
 
 def test_crd_upgrade_from_the_field_n_says_how_to_fix_stored_policies(
-    server: devkube.DevKubeApiServer,
-    prometheus_server: devservers.DevPrometheus,
+    server: apiserver.DevKubeApiServer,
+    prometheus_server: servers.DevPrometheus,
     tmp_path: Path,
 ) -> None:
     config = configs(server)
@@ -444,7 +445,7 @@ def test_crd_upgrade_from_the_field_n_says_how_to_fix_stored_policies(
                     return dict(c)
             return None
 
-        condition = devservers.wait_until(ready_reason, timeout=60, what="InvalidSpec")
+        condition = servers.wait_until(ready_reason, timeout=60, what="InvalidSpec")
         assert "samples" in condition["message"]
         assert "`n`" in condition["message"] or " n " in condition["message"]
 
@@ -456,9 +457,7 @@ def test_crd_upgrade_from_the_field_n_says_how_to_fix_stored_policies(
         for item in fixed["spec"]["quality"]["prior"]:
             item["samples"] = item.pop("n")
         server.kubectl("apply", "-f", "-", stdin=json.dumps(fixed))
-        devservers.wait_until(
-            lambda: ready_reason() is None, timeout=60, what="InvalidSpec cleared"
-        )
+        servers.wait_until(lambda: ready_reason() is None, timeout=60, what="InvalidSpec cleared")
 
 
 class operator_process:  # noqa: N801 - a context manager used like a function

@@ -32,8 +32,8 @@ from typing import Any
 
 import pytest
 
-from stopbudget import devservers
-from stopbudget.exporter import EngineExporter
+from stopbudget.devkit import servers
+from stopbudget.devkit.exporter import EngineExporter
 from tests.clusters import RELEASE_NAMESPACE, ApiServerCluster, RealServer, chart_objects
 
 pytestmark = [pytest.mark.servers, pytest.mark.apiserver]
@@ -136,7 +136,7 @@ class Operator:
 
     def start(self, kubeconfig: Path | None = None) -> None:
         assert self.process is None
-        self.port = devservers.free_port()
+        self.port = servers.free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("STOPBUDGET_")}
         env |= {
             "STOPBUDGET_PROMETHEUS_URL": self.prometheus,
@@ -152,7 +152,7 @@ class Operator:
             )  # fmt: skip
 
     def wait_ready(self) -> None:
-        devservers.wait_until(lambda: self.alive() and _ready(self.port), timeout=30, what="ready")
+        servers.wait_until(lambda: self.alive() and _ready(self.port), timeout=30, what="ready")
 
     def alive(self) -> bool:
         assert self.process is not None
@@ -182,7 +182,7 @@ class Operator:
 def world(
     real_server: RealServer,
     make_exporter: Callable[..., EngineExporter],
-    prometheus_server: devservers.DevPrometheus,
+    prometheus_server: servers.DevPrometheus,
     tmp_path: Path,
 ) -> Iterator[tuple[ApiServerCluster, EngineExporter, Operator]]:
     ns = real_server.fresh_namespace("kill9")

@@ -1,12 +1,12 @@
 """kube.py against the Kubernetes emulator, through a kubeconfig, as against a cluster.
 
-The first part drives :class:`stopbudget.kube.Kube` (the official client in a
-thread pool) with the patches of :mod:`stopbudget.sinks`: only the intended
-value changes, a stale ``test`` is a :class:`~stopbudget.kube.PatchConflict`, a
-missing object is a :class:`~stopbudget.kube.TargetNotFound`, the policy's
+The first part drives :class:`stopbudget.clients.kube.Kube` (the official client in a
+thread pool) with the patches of :mod:`stopbudget.core.sinks`: only the intended
+value changes, a stale ``test`` is a :class:`~stopbudget.clients.kube.PatchConflict`, a
+missing object is a :class:`~stopbudget.clients.kube.TargetNotFound`, the policy's
 status and annotations are patched where they belong, and every call is covered
 by ``kube.PERMISSIONS``.  The second part checks that each gap
-:mod:`stopbudget.emulator` fills is there, for the reason it states.
+:mod:`stopbudget.devkit.emulator` fills is there, for the reason it states.
 """
 
 from __future__ import annotations
@@ -28,7 +28,10 @@ import pytest
 import yaml
 from kubernetes import client, config
 
-from stopbudget import api, emulator, kube, sinks
+from stopbudget import api
+from stopbudget.clients import kube
+from stopbudget.core import sinks
+from stopbudget.devkit import emulator
 
 NS = "serving"
 DEPLOYMENT = ("apps/v1", "Deployment")
@@ -470,7 +473,7 @@ def test_permissions_are_exact_and_minimal() -> None:
     [
         (403, {"message": 'deployments.apps "vllm-llama" is forbidden', "reason": "Forbidden"},
          kube.KubeApiError, r"forbidden .*grant the operator's ServiceAccount the rules in "
-         r"stopbudget.kube.PERMISSIONS"),
+         r"stopbudget.clients.kube.PERMISSIONS"),
         (500, {"message": "etcdserver: request timed out", "reason": "InternalError"},
          kube.KubeApiError, r"failed on Deployment serving/vllm-llama \(500 InternalError\): "
          r"etcdserver: request timed out; retried on the next tick"),

@@ -16,15 +16,15 @@ from typing import Any
 import pytest
 from kopf.testing import KopfRunner
 
-from stopbudget import devservers
-from stopbudget.exporter import EngineExporter
+from stopbudget.devkit import servers
+from stopbudget.devkit.exporter import EngineExporter
 from tests.clusters import Cluster
 
 pytestmark = pytest.mark.servers
 
 SP = ("stopbudget.io/v1alpha1", "StopPolicy")
 DEPLOY = ("apps/v1", "Deployment")
-OPERATOR = ["run", "-A", "--standalone", "-m", "stopbudget.handlers"]
+OPERATOR = ["run", "-A", "--standalone", "-m", "stopbudget.controller.handlers"]
 
 SIDECAR = {
     "name": "metrics-proxy",
@@ -143,7 +143,7 @@ def wait_for_another_tick(cluster: Cluster, seen: dict[str, Any] | None) -> None
 @pytest.fixture
 def operator_env(
     cluster: Cluster,
-    prometheus_server: devservers.DevPrometheus,
+    prometheus_server: servers.DevPrometheus,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Cluster:
     """Environment of an operator run against ``cluster`` and the session Prometheus."""
@@ -362,7 +362,7 @@ def test_restart_resumes_without_a_spurious_patch(
 
 def test_prometheus_outage_is_fallback_after_exactly_the_threshold_and_loses_nothing(
     cluster: Cluster,
-    start_prometheus: Callable[..., devservers.DevPrometheus],
+    start_prometheus: Callable[..., servers.DevPrometheus],
     make_exporter: Callable[..., EngineExporter],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -24,12 +24,14 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from stopbudget import api, devservers, promql
-from stopbudget.control import Observation
-from stopbudget.exporter import ENGINES, EngineExporter
-from stopbudget.metrics import OperatorMetrics
-from stopbudget.prometheus import ErrorKind, PrometheusReader, interpret
-from stopbudget.settings import Settings
+from stopbudget import api
+from stopbudget.clients.metrics import OperatorMetrics
+from stopbudget.clients.prometheus import ErrorKind, PrometheusReader, interpret
+from stopbudget.clients.settings import Settings
+from stopbudget.core import promql
+from stopbudget.core.law import Observation
+from stopbudget.devkit import servers
+from stopbudget.devkit.exporter import ENGINES, EngineExporter
 from tests.conftest import MINIMAL, eventually, wait_for
 
 NS, NAME = "serving", "policy"
@@ -94,7 +96,7 @@ async def serve(
     app.router.add_route("*", "/{tail:.*}", handler)
     runner = web.AppRunner(app, shutdown_timeout=0.5)
     await runner.setup()
-    site = web.TCPSite(runner, devservers.HOST, 0)
+    site = web.TCPSite(runner, servers.HOST, 0)
     await site.start()
     host, port = runner.addresses[0][:2]
     try:
@@ -161,7 +163,7 @@ def value_of(observation: Observation, signal: str) -> float | None:
 
 @pytest.mark.servers
 def test_colon_names_arrive_intact(
-    prometheus_server: devservers.DevPrometheus, make_exporter: Callable[..., EngineExporter]
+    prometheus_server: servers.DevPrometheus, make_exporter: Callable[..., EngineExporter]
 ) -> None:
     engine = make_exporter()
     engine.set_load(waiting=7)
@@ -188,7 +190,7 @@ def test_colon_names_arrive_intact(
 
 @pytest.mark.servers
 async def test_preset_signals_arrive_for_every_engine(
-    prometheus_server: devservers.DevPrometheus, make_exporter: Callable[..., EngineExporter]
+    prometheus_server: servers.DevPrometheus, make_exporter: Callable[..., EngineExporter]
 ) -> None:
     """One replica publishing vLLM, SGLang and TGI series, read through each preset.
 
@@ -249,7 +251,7 @@ async def test_preset_signals_arrive_for_every_engine(
 
 @pytest.mark.servers
 async def test_empty_result_is_no_data_never_zero(
-    prometheus_server: devservers.DevPrometheus, make_exporter: Callable[..., EngineExporter]
+    prometheus_server: servers.DevPrometheus, make_exporter: Callable[..., EngineExporter]
 ) -> None:
     make_exporter().set_load(waiting=5)
     spec = spec_with(
@@ -274,7 +276,7 @@ async def test_empty_result_is_no_data_never_zero(
 
 @pytest.mark.servers
 async def test_nan_gauge_is_no_data(
-    prometheus_server: devservers.DevPrometheus, make_exporter: Callable[..., EngineExporter]
+    prometheus_server: servers.DevPrometheus, make_exporter: Callable[..., EngineExporter]
 ) -> None:
     engine = make_exporter()
     engine.set_load(kv_cache=math.nan)
@@ -314,7 +316,7 @@ async def test_nan_gauge_is_no_data(
     ],
 )
 async def test_results_of_real_queries(
-    prometheus_server: devservers.DevPrometheus, expr: str, value: float | None, kind: str | None
+    prometheus_server: servers.DevPrometheus, expr: str, value: float | None, kind: str | None
 ) -> None:
     async with reader_for(prometheus_server.url) as reader:
         (reading,) = (await reader.observe(NS, NAME, signals_spec(expr))).signals
@@ -331,7 +333,7 @@ async def test_results_of_real_queries(
 
 @pytest.mark.servers
 async def test_two_series_where_one_is_expected(
-    prometheus_server: devservers.DevPrometheus, make_exporter: Callable[..., EngineExporter]
+    prometheus_server: servers.DevPrometheus, make_exporter: Callable[..., EngineExporter]
 ) -> None:
     """Two replicas of one model: an unaggregated query is an error naming both, never a pick."""
     first = make_exporter()
@@ -353,7 +355,7 @@ async def test_two_series_where_one_is_expected(
 
 
 @pytest.mark.servers
-async def test_quality_query_and_its_range(prometheus_server: devservers.DevPrometheus) -> None:
+async def test_quality_query_and_its_range(prometheus_server: servers.DevPrometheus) -> None:
     async with reader_for(prometheus_server.url) as reader:
         good = await reader.observe(NS, NAME, signals_spec(quality="vector(0.83)"))
         assert (good.em, good.em_error) == (0.83, None)
@@ -384,7 +386,7 @@ async def test_unplannable_spec_reads_nothing_and_says_why() -> None:
 
 @pytest.mark.servers
 async def test_prometheus_stopped_is_a_counted_connection_error(
-    start_prometheus: Callable[..., devservers.DevPrometheus],
+    start_prometheus: Callable[..., servers.DevPrometheus],
 ) -> None:
     prom = start_prometheus(jobs=())
     spec = signals_spec("vector(2)")
@@ -417,7 +419,7 @@ async def test_hanging_prometheus_is_a_counted_timeout() -> None:
 
 
 async def test_nobody_listening_is_a_connection_error() -> None:
-    port = devservers.free_port()
+    port = servers.free_port()
     async with reader_for(f"http://127.0.0.1:{port}") as reader:
         (reading,) = (await reader.observe(NS, NAME, signals_spec("up"))).signals
         assert reading.value is None
@@ -530,9 +532,9 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
 
 @pytest.mark.servers
 async def test_tls_prometheus_with_ca_file_and_skip_verify(
-    start_prometheus: Callable[..., devservers.DevPrometheus], tmp_path: Path
+    start_prometheus: Callable[..., servers.DevPrometheus], tmp_path: Path
 ) -> None:
-    if devservers.find_binary("openssl") is None:
+    if servers.find_binary("openssl") is None:
         pytest.skip("openssl not installed")
     cert, key = _self_signed(tmp_path)
     prom = start_prometheus(
@@ -553,8 +555,8 @@ async def test_tls_prometheus_with_ca_file_and_skip_verify(
 
 @pytest.mark.servers
 async def test_alert_rule_reaches_a_webhook_through_real_alertmanager(
-    start_prometheus: Callable[..., devservers.DevPrometheus],
-    start_alertmanager: Callable[..., devservers.DevAlertmanager],
+    start_prometheus: Callable[..., servers.DevPrometheus],
+    start_alertmanager: Callable[..., servers.DevAlertmanager],
 ) -> None:
     """The devservers wiring: rule -> Prometheus -> Alertmanager -> webhook with bearer token."""
     received: list[tuple[str | None, dict[str, Any]]] = []
@@ -627,9 +629,9 @@ def test_exporter_rejects_unknown_engines() -> None:
 
 @pytest.mark.servers
 def test_dev_servers_stop_by_pid_and_clean_up(
-    start_alertmanager: Callable[..., devservers.DevAlertmanager],
+    start_alertmanager: Callable[..., servers.DevAlertmanager],
 ) -> None:
-    with devservers.DevPrometheus(jobs=()) as prom:
+    with servers.DevPrometheus(jobs=()) as prom:
         pid, directory = prom.pid, prom.dir
         assert pid is not None
         assert prom.query("vector(1)")["result"][0]["value"][1] == "1"

@@ -16,9 +16,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stopbudget import api, devservers, promql
+from stopbudget import api
 from stopbudget.api import Preset
-from stopbudget.promql import PromQLError, Role
+from stopbudget.core import promql
+from stopbudget.core.promql import PromQLError, Role
+from stopbudget.devkit import servers
 from tests.conftest import MINIMAL
 
 SEL = {"namespace": "serving", "model_name": "llama"}
@@ -293,7 +295,7 @@ def _all_queries() -> list[tuple[str, str]]:
 @pytest.mark.servers
 @pytest.mark.parametrize(("name", "expr"), _all_queries())
 def test_query_parses_in_real_prometheus(
-    prometheus_server: devservers.DevPrometheus, name: str, expr: str
+    prometheus_server: servers.DevPrometheus, name: str, expr: str
 ) -> None:
     """format_query parses without evaluating; then the query evaluates without error."""
     formatted = prometheus_server.api("format_query", query=expr)
@@ -304,7 +306,7 @@ def test_query_parses_in_real_prometheus(
 
 
 @pytest.mark.servers
-def test_colon_metric_names_parse_as_written(prometheus_server: devservers.DevPrometheus) -> None:
+def test_colon_metric_names_parse_as_written(prometheus_server: servers.DevPrometheus) -> None:
     for metric in (promql.VLLM_WAITING, promql.SGLANG_QUEUE, promql.VLLM_KV_CACHE):
         assert prometheus_server.api("format_query", query=metric) == metric
 
@@ -326,7 +328,7 @@ label_values = st.text(
 @settings(max_examples=150, deadline=None)
 @given(selector=st.dictionaries(label_names, label_values, max_size=4))
 def test_selector_round_trips_through_real_prometheus(
-    prometheus_server: devservers.DevPrometheus, selector: dict[str, str]
+    prometheus_server: servers.DevPrometheus, selector: dict[str, str]
 ) -> None:
     """absent(m{a="v"}) returns the labels of its equality matchers, as Prometheus read them."""
     expr = f"absent({promql.series('stopbudget_roundtrip_absent', selector)})"

@@ -26,7 +26,8 @@ from typing import Any
 import pytest
 import yaml
 
-from stopbudget import api, validate
+from stopbudget import api
+from stopbudget.schema import validate
 from tests.clusters import (
     CRD,
     RELEASE_NAMESPACE,

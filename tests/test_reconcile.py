@@ -10,10 +10,18 @@ from typing import Any
 import pytest
 import yaml
 
-from stopbudget import api, reconcile
-from stopbudget.metrics import OperatorMetrics
-from stopbudget.reconcile import Services, _dump, _raw_interval, first_delay, meet, read_status
-from stopbudget.settings import Settings
+from stopbudget import api
+from stopbudget.clients.metrics import OperatorMetrics
+from stopbudget.clients.settings import Settings
+from stopbudget.controller import reconcile
+from stopbudget.controller.reconcile import (
+    Services,
+    _dump,
+    _raw_interval,
+    first_delay,
+    meet,
+    read_status,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 

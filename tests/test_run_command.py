@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from stopbudget import devservers
+from stopbudget.devkit import servers
 from tests.clusters import Cluster
 
 pytestmark = pytest.mark.servers
@@ -67,7 +67,7 @@ def test_run_serves_health_reconciles_and_stops_on_sigterm(
             },
         }
     )
-    port = devservers.free_port()
+    port = servers.free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STOPBUDGET_")}
     env |= {"STOPBUDGET_METRICS_PORT": str(port), "STOPBUDGET_BIND_ADDRESS": "127.0.0.1"}
     log = (tmp_path / "operator.log").open("w")
@@ -88,7 +88,7 @@ def test_run_serves_health_reconciles_and_stops_on_sigterm(
         env=env,
     )
     try:
-        devservers.wait_until(
+        servers.wait_until(
             lambda: _get(f"http://127.0.0.1:{port}/readyz")[0] == 200, timeout=30, what="readiness"
         )
         assert _get(f"http://127.0.0.1:{port}/healthz") == (200, "ok\n")
@@ -107,7 +107,7 @@ def test_run_serves_health_reconciles_and_stops_on_sigterm(
         )
         assert dep is not None
         logged = tmp_path / "operator.log"
-        devservers.wait_until(
+        servers.wait_until(
             lambda: "BudgetChanged" in logged.read_text(),
             timeout=30,
             what="the BudgetChanged log line",

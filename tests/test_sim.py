@@ -1,4 +1,4 @@
-"""The fleet simulator: invariants, the oracle, determinism, the real law, inputs, the command."""
+"""The fleet simulator: invariants, the oracle, determinism, the real law, inputs, the simulate."""
 
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stopbudget import api, control
-from stopbudget.control import State
-from stopbudget.sim import command, strategies
+from stopbudget import api
+from stopbudget.cli import simulate as simulate_command
+from stopbudget.core import law
+from stopbudget.core.law import State
+from stopbudget.sim import strategies
 from stopbudget.sim.engine import Comparison, Options, PolicyError, simulate
 from stopbudget.sim.fleet import Fleet, FleetConfig
 from stopbudget.sim.inputs import (
@@ -264,7 +266,7 @@ def test_another_seed_changes_the_audit_noise(
 
 
 def test_stopbudget_is_the_real_control_law(comparison: Comparison) -> None:
-    assert strategies.decide is control.decide
+    assert strategies.decide is law.decide
     run = comparison.run("stopbudget")
     spec = comparison.spec
     assert len(run.calls) == len(run.budgets)
@@ -272,12 +274,12 @@ def test_stopbudget_is_the_real_control_law(comparison: Comparison) -> None:
     rules = set()
     for k, call in enumerate(run.calls):
         assert call.t == k * comparison.workload.interval
-        decision = control.decide(spec, call.curve, call.observation, state, call.now)
+        decision = law.decide(spec, call.curve, call.observation, state, call.now)
         assert decision == call.decision
         assert decision.budget == run.budgets[k]
         state = decision.state
         rules.add(decision.rule)
-    assert {control.Rule.TARGET, control.Rule.LOAD} <= rules
+    assert {law.Rule.TARGET, law.Rule.LOAD} <= rules
     sources = {call.curve.source for call in run.calls}
     assert sources == {api.CurveSource.PRIOR, api.CurveSource.AUDIT}
 
@@ -439,7 +441,7 @@ def test_any_number_of_settings_in_any_order() -> None:
 
 def _parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="stopbudget")
-    command.add_parser(top.add_subparsers(dest="command"))
+    simulate_command.add_parser(top.add_subparsers(dest="command"))
     return top
 
 

@@ -20,7 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stopbudget import api, sinks
+from stopbudget import api
+from stopbudget.core import sinks
 
 VLLM_FORMAT = '{"max_new_tokens": {budget}}'
 ENV = {"type": "env", "name": "MAX_TOKENS"}

@@ -38,14 +38,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from stopbudget.audits.alerts import (
+from stopbudget.clients.metrics import OperatorMetrics
+from stopbudget.clients.webhook import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_PATH,
     RECEIVER,
     PolicyAlerts,
     create_app,
 )
-from stopbudget.metrics import OperatorMetrics
 from tests.test_alerts import (
     EDGES_OF_UTC,
     OUT_OF_UTC,

@@ -39,11 +39,12 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stopbudget import crdgen, devkube, yamlout
+from stopbudget.devkit import apiserver
+from stopbudget.schema import crdgen, yamlout
 from tests.test_chart import CI_VALUES, NAMESPACE, RELEASE, _chart, ci_values
 
 ROOT = Path(__file__).resolve().parent.parent
-KUBECTL = devkube.kubectl_binary()
+KUBECTL = apiserver.kubectl_binary()
 #: The label removed by the read-only ``kubectl label``: one no object carries.
 _LABEL = "check.stopbudget.io/never-set"
 _WRAPPER = "apiVersion: check.stopbudget.io/v1\nkind: Check\nmetadata:\n  name: x\ndata:\n"

@@ -10,7 +10,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stopbudget import crdgen, yamlout
+from stopbudget.schema import crdgen, yamlout
 
 # (text, whether a YAML 1.1 or 1.2 parser may read it as a non-string)
 TABLE: list[tuple[str, bool]] = [

@@ -1,5 +1,5 @@
 import sys
 
-from stopbudget.cli import main
+from stopbudget.cli.main import main
 
 sys.exit(main())

@@ -3,7 +3,7 @@
 
 The dashboard is written as data here, so panel layout and ids stay
 consistent, then committed as JSON (the chart loads it with ``.Files.Get``).
-Every query uses only the operator's own series (``stopbudget.metrics``); a
+Every query uses only the operator's own series (``stopbudget.clients.metrics``); a
 test checks that, and that the committed JSON is this script's output.
 
 Usage::

@@ -1,7 +1,7 @@
 """Offline simulator of a serving fleet, for ``stopbudget simulate`` and the benchmarks.
 
 It answers "what would this StopPolicy have done to this traffic?" and compares
-stopbudget's real control law (:func:`stopbudget.control.decide`, imported, not
+stopbudget's real control law (:func:`stopbudget.core.law.decide`, imported, not
 copied) with static budgets, a reactive EM-threshold rule and an oracle with
 perfect foresight, on the same requests and the same questions.
 
@@ -18,7 +18,7 @@ Modules, in dependency order:
 * :mod:`~stopbudget.sim.engine`: one simulation of every strategy and the
   figures of each (PURE);
 * :mod:`~stopbudget.sim.report`, :mod:`~stopbudget.sim.plots`,
-  :mod:`~stopbudget.sim.command`: table, ``results.csv``, PNGs, the command.
+  :mod:`~stopbudget.cli.simulate`: table, ``results.csv``, PNGs, the command.
 
 Everything is deterministic for a seed: simulated time only, no clock.  This
 package module imports nothing, so ``stopbudget --help`` stays fast; import from

@@ -19,7 +19,7 @@ from itertools import pairwise
 from croniter import croniter
 
 from stopbudget.api import StopPolicySpec
-from stopbudget.control import Observation, SignalReading
+from stopbudget.core.law import Observation, SignalReading
 from stopbudget.sim.fleet import Fleet, FleetConfig, FleetSignals, quantile
 from stopbudget.sim.inputs import QualityTable, Trace
 from stopbudget.sim.model import Objective, Served, Workload, candidates, meets, serve

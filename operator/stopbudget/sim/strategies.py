@@ -6,7 +6,7 @@ arrive until the next tick:
 
 * ``static-<N>``: always ``N``;
 * ``reactive``: the rule production teams write first (:class:`Reactive`);
-* ``stopbudget``: the real control law, :func:`stopbudget.control.decide`,
+* ``stopbudget``: the real control law, :func:`stopbudget.core.law.decide`,
   with simulated audits (:class:`StopBudget`);
 * ``oracle``: a schedule computed beforehand with perfect knowledge
   (:class:`Schedule`, built by the engine from :mod:`stopbudget.sim.model`).
@@ -22,8 +22,8 @@ from datetime import datetime
 from typing import Protocol
 
 from stopbudget.api import RESTARTING_SINKS, CurveSource, StopPolicySpec
-from stopbudget.control import Decision, Observation, State, decide
-from stopbudget.curve import Curve, Point, from_prior
+from stopbudget.core.curve import Curve, Point, from_prior
+from stopbudget.core.law import Decision, Observation, State, decide
 from stopbudget.sim.fleet import FleetSignals
 from stopbudget.sim.inputs import QualityTable
 from stopbudget.sim.model import answer
@@ -181,7 +181,7 @@ class LawCall:
 
 @dataclass
 class StopBudget:
-    """The real law (:func:`stopbudget.control.decide`) on simulated metrics and audits.
+    """The real law (:func:`stopbudget.core.law.decide`) on simulated metrics and audits.
 
     Before the first audit the curve is ``quality.prior``.  Audits run at the
     ``audit_times`` (simulated seconds: the policy's cron schedule or a fixed

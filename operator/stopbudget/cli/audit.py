@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
-    from stopbudget.audits.runner import AuditOutcome
+    from stopbudget.clients.audit_runner import AuditOutcome
 
 # Only the standard library at import time: building the parser for
 # `stopbudget --help` must not load aiohttp or pydantic.  The values below are
@@ -175,7 +175,7 @@ def _error(message: str) -> int:
 
 def render_table(outcome: AuditOutcome, confidence: float) -> str:
     """The curve as a table: budget, EM, Wilson lower bound, samples, errors, truncated, tokens."""
-    from stopbudget.curve import wilson_lower
+    from stopbudget.core.curve import wilson_lower
 
     head = (
         f"{'budget':>8}  {'EM':>6}  {'lower':>6}  {'samples':>7}  {'errors':>6}  "
@@ -199,7 +199,7 @@ def _plot(outcome: AuditOutcome, confidence: float, path: str, title: str) -> No
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    from stopbudget.curve import wilson_lower
+    from stopbudget.core.curve import wilson_lower
 
     budgets = [s.budget for s in outcome.scores]
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -248,8 +248,8 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
 
     from stopbudget.api import AuditApi, AuditMethod
-    from stopbudget.audits import dataset
-    from stopbudget.audits.runner import AuditPlan, run_audit
+    from stopbudget.clients.audit_runner import AuditPlan, run_audit
+    from stopbudget.core.audits import dataset
 
     if args.answer_pattern is not None:
         try:
@@ -340,7 +340,7 @@ def _report(outcome: AuditOutcome, args: argparse.Namespace, asked: int, total: 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m stopbudget.audits.command ...``, until ``stopbudget audit`` is wired."""
+    """``python -m stopbudget.cli.audit ...``, until ``stopbudget audit`` is wired."""
     top = argparse.ArgumentParser(prog="stopbudget")
     add_parser(top.add_subparsers(dest="command", required=True))
     args = top.parse_args(argv)

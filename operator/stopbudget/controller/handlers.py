@@ -1,14 +1,14 @@
 """The kopf layer: THIN.  Each handler parses what kopf hands it, calls one function, writes.
 
 * startup/cleanup: operator settings, the process's services, the HTTP servers;
-* a daemon per StopPolicy: :func:`stopbudget.reconcile.tick` every
+* a daemon per StopPolicy: :func:`stopbudget.controller.reconcile.tick` every
   ``spec.control.interval`` (sooner when woken by a spec change, an alert or a
   finished audit), then the status patch and the Events it returns;
 * spec or annotation changes wake that daemon;
-* delete: :func:`stopbudget.reconcile.restore` puts the sink back (kopf holds
+* delete: :func:`stopbudget.controller.reconcile.restore` puts the sink back (kopf holds
   the finalizer until it returns).
 
-Run it with ``stopbudget run`` (or ``kopf run -m stopbudget.handlers``).
+Run it with ``stopbudget run`` (or ``kopf run -m stopbudget.controller.handlers``).
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from typing import Any
 
 import kopf
 
-from stopbudget import api, endpoints, reconcile
-from stopbudget.audits import alerts
-from stopbudget.kube import Kube, KubeError, TargetNotFound
-from stopbudget.metrics import OperatorMetrics
-from stopbudget.prometheus import PrometheusReader
-from stopbudget.settings import Settings, from_env
+from stopbudget import api
+from stopbudget.clients import endpoints, webhook
+from stopbudget.clients.kube import Kube, KubeError, TargetNotFound
+from stopbudget.clients.metrics import OperatorMetrics
+from stopbudget.clients.prometheus import PrometheusReader
+from stopbudget.clients.settings import Settings, from_env
+from stopbudget.controller import reconcile
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     log.info("metrics and health on %s:%d", config.bind_address, port)
     if config.webhook_token_file is not None:
         await know_the_policies(services, config)
-        webhook = alerts.create_app(
+        webhook_app = webhook.create_app(
             token_file=config.webhook_token_file,
             on_alerts=services.on_alerts,
             policies=services.targets,
@@ -117,7 +118,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
             ready=services.webhook_ready,
         )
         runner, port = await endpoints.serve(
-            webhook, config.bind_address, config.webhook_port, auto_decompress=False
+            webhook_app, config.bind_address, config.webhook_port, auto_decompress=False
         )
         runners.append(runner)
         log.info("Alertmanager webhook on %s:%d/alertmanager", config.bind_address, port)

@@ -2,14 +2,14 @@
 
 Nothing is mocked except the GPUs:
 
-* **Prometheus**, Debian's binary (:class:`~stopbudget.devservers.DevPrometheus`),
+* **Prometheus**, Debian's binary (:class:`~stopbudget.devkit.servers.DevPrometheus`),
   scraping every second;
-* an **engine exporter** (:class:`~stopbudget.exporter.EngineExporter`) that
+* an **engine exporter** (:class:`~stopbudget.devkit.exporter.EngineExporter`) that
   publishes vLLM's own series (``vllm:num_requests_waiting``, the e2e latency
   histogram, ...) for a **simulated fleet**: two vLLM replicas with continuous
   batching (:mod:`stopbudget.sim.fleet`), fed by a stretch of the real Azure
   conversation trace (``data/traces/``), time-compressed against the wall clock;
-* kmock's **Kubernetes emulator** (:mod:`stopbudget.emulator`) holding the vLLM
+* kmock's **Kubernetes emulator** (:mod:`stopbudget.devkit.emulator`) holding the vLLM
   Deployment (container ``vllm`` with ``--override-generation-config``, and a
   sidecar that must stay untouched) and the example StopPolicy
   (``examples/vllm-arg-sink.yaml``, its control timings shortened for the
@@ -19,7 +19,7 @@ Nothing is mocked except the GPUs:
 
 The loop is closed: every request is served at the budget that the Deployment's
 argument holds when the request arrives (read back with
-:func:`stopbudget.sinks.read`), and generates what :mod:`stopbudget.sim.model`
+:func:`stopbudget.core.sinks.read`), and generates what :mod:`stopbudget.sim.model`
 says it does at that budget: the thinking tokens Gemini 2.5 Flash used on that
 FRAMES question at that budget (``data/quality/``) plus the trace's answer
 tokens, cut at ``max_new_tokens``.  So a lower budget really shortens requests,
@@ -34,7 +34,6 @@ replayed in ``--duration`` seconds.  The operator, Prometheus and the policy's
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -54,11 +53,13 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any, NamedTuple, TextIO
 
+from stopbudget.cli.demo import DEFAULT_DURATION_S, DEFAULT_STRETCH_S
+
 if TYPE_CHECKING:
     from stopbudget.api import StopPolicySpec
-    from stopbudget.devservers import DevPrometheus
-    from stopbudget.emulator import ThreadedCluster
-    from stopbudget.exporter import EngineExporter
+    from stopbudget.devkit.emulator import ThreadedCluster
+    from stopbudget.devkit.exporter import EngineExporter
+    from stopbudget.devkit.servers import DevPrometheus
     from stopbudget.sim.fleet import Fleet, FleetConfig, FleetSignals
     from stopbudget.sim.inputs import QualityTable, Trace
     from stopbudget.sim.model import Served, Workload
@@ -74,8 +75,6 @@ ORIGINAL_BUDGET = 1024
 SINK_FLAG = "--override-generation-config"
 
 #: Trace seconds replayed when --speed is not given.
-DEFAULT_STRETCH_S = 2400.0
-DEFAULT_DURATION_S = 90.0
 #: Wall seconds between two steps of the simulated fleet (and status polls).
 STEP_S = 0.1
 #: Wall seconds between two progress lines.
@@ -165,74 +164,7 @@ class Options:
     out: Path = Path("demo-out")
     quiet: bool = False
     #: Where data/ and examples/ are (the source checkout).
-    root: Path = Path(__file__).resolve().parents[2]
-
-
-# ============================================================================ command line
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _duration(text: str) -> float:
-    value = _positive(text)
-    if value < 5:
-        raise argparse.ArgumentTypeError(f"must be at least 5 seconds, got {text}")
-    return value
-
-
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``demo`` to the ``stopbudget`` subcommands (``argparse`` subparsers)."""
-    p: argparse.ArgumentParser = subparsers.add_parser(
-        "demo",
-        help="run the whole control loop locally: Prometheus, emulated Kubernetes, load, operator",
-        description="Start real Prometheus, a local Kubernetes API (kmock's emulator) holding a "
-        "vLLM Deployment and the example StopPolicy, a simulated vLLM fleet exporting vLLM's "
-        "metrics under the real Azure conversation trace (time-compressed), and the operator; "
-        "print each budget decision as it happens, then a summary; write a plot. "
-        "Ctrl-C stops everything (exit code 130).",
-    )
-    p.add_argument(
-        "--duration",
-        type=_duration,
-        default=DEFAULT_DURATION_S,
-        metavar="SECONDS",
-        help=f"wall-clock length of the replay (default {DEFAULT_DURATION_S:g})",
-    )
-    p.add_argument(
-        "--speed",
-        type=_positive,
-        metavar="X",
-        help="simulated seconds per wall second (default: "
-        f"{DEFAULT_STRETCH_S / 60:g} minutes of trace in --duration)",
-    )
-    p.add_argument(
-        "--out", type=Path, default=Path("demo-out"), metavar="DIR", help="default demo-out"
-    )
-    p.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
-    p.set_defaults(func=_command)
-    return p
-
-
-def _command(args: argparse.Namespace) -> int:
-    options = Options(duration=args.duration, speed=args.speed, out=args.out, quiet=args.quiet)
-    return run(options).exit_code
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m stopbudget.demo``: the command without the rest of the CLI."""
-    top = argparse.ArgumentParser(prog="stopbudget")
-    add_parser(top.add_subparsers(dest="command", required=True))
-    args = top.parse_args(["demo", *(sys.argv[1:] if argv is None else argv)])
-    code: int = args.func(args)
-    return code
+    root: Path = Path(__file__).resolve().parents[3]
 
 
 # ============================================================================ output
@@ -531,7 +463,7 @@ def _query_window(speed: float) -> str:
 
 def _query_value(prom: DevPrometheus, expr: str) -> float:
     """The value of a one-series query (0 when empty or failing)."""
-    from stopbudget.devservers import ServerError
+    from stopbudget.devkit.servers import ServerError
 
     try:
         result = prom.query(expr)["result"]
@@ -625,9 +557,9 @@ def _run(options: Options, console: _Console, result: DemoResult, signals: _Sign
         import matplotlib  # noqa: F401
     except ImportError as exc:
         raise DemoError(f"{exc.name} is missing: {INSTALL_HINT}") from None
-    from stopbudget import devservers
+    from stopbudget.devkit import servers
 
-    if devservers.missing_binaries(devservers.PROMETHEUS):
+    if servers.missing_binaries(servers.PROMETHEUS):
         raise DemoError(
             "prometheus is not installed: install the Debian package prometheus (make demo does it)"
         )
@@ -753,20 +685,21 @@ class _Demo:
 
     def _start(self) -> EngineExporter:
         """Exporter and Prometheus first (target discovery takes ~5 s), then the rest."""
-        from stopbudget import api, devservers
-        from stopbudget.emulator import emulated_cluster_in_thread
-        from stopbudget.exporter import EngineExporter
+        from stopbudget import api
+        from stopbudget.devkit import servers
+        from stopbudget.devkit.emulator import emulated_cluster_in_thread
+        from stopbudget.devkit.exporter import EngineExporter
 
         stack, options = self.stack, self.options
         exporter = stack.enter_context(EngineExporter(model_name=MODEL))
         exporter.set_load(waiting=0, running=0, kv_cache=0)
-        prom = devservers.DevPrometheus(jobs=("engines",))
+        prom = servers.DevPrometheus(jobs=("engines",))
         stack.callback(prom.close)
         labels = {"namespace": NAMESPACE, "pod": f"{DEPLOYMENT}-0"}
         prom.add_targets("engines", DEPLOYMENT, [exporter.target], labels=labels)
         try:
             prom.start()
-        except devservers.ServerError as exc:
+        except servers.ServerError as exc:
             raise DemoError(str(exc)) from None
         assert prom.pid is not None
         self.result.pids["prometheus"] = prom.pid
@@ -807,7 +740,7 @@ class _Demo:
 
     def _applied(self) -> int:
         """The budget the Deployment's argument holds now (the fleet's view of it)."""
-        from stopbudget import sinks
+        from stopbudget.core import sinks
 
         dep = self.cluster.get(*DEPLOY, NAMESPACE, DEPLOYMENT)
         assert dep is not None
@@ -862,7 +795,7 @@ class _Demo:
 
     def _inspect(self) -> None:
         """What the Deployment shows now; then delete the policy: the operator restores."""
-        from stopbudget import sinks
+        from stopbudget.core import sinks
 
         cluster, spec, before = self.cluster, self.spec, self.deployment0
         final = cluster.get(*DEPLOY, NAMESPACE, DEPLOYMENT)
@@ -1135,7 +1068,7 @@ def _args_without_sink(deployment: Mapping[str, Any]) -> list[str]:
 
 def _count_events(cluster: ThreadedCluster, reason: str) -> int | None:
     """Events with ``reason`` in the demo's namespace; None when they cannot be listed."""
-    from stopbudget.emulator import EmulatorRequestError
+    from stopbudget.devkit.emulator import EmulatorRequestError
 
     path = f"/api/v1/namespaces/{NAMESPACE}/events"
     try:
@@ -1144,7 +1077,3 @@ def _count_events(cluster: ThreadedCluster, reason: str) -> int | None:
         return None
     items = answer.get("items", []) if isinstance(answer, dict) else []
     return sum(1 for item in items if item.get("reason") == reason)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

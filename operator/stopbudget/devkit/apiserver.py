@@ -35,14 +35,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from stopbudget import yamlout
-from stopbudget.devservers import HOST, ServerError, _Server, free_port, http_json, wait_until
+from stopbudget.devkit.servers import HOST, ServerError, _Server, free_port, http_json, wait_until
+from stopbudget.schema import yamlout
 
 ETCD = "etcd"
 KUBECTL = "kubectl"
 ARCHIVE = "kube-apiserver-v1.28.7-linux-amd64.xz"
 #: Where a checkout finds ``shared/k8s`` unless ``STOPBUDGET_K8S_DIR`` says otherwise.
-DEFAULT_K8S_DIR = Path(__file__).resolve().parents[3] / "shared" / "k8s"
+DEFAULT_K8S_DIR = Path(__file__).resolve().parents[4] / "shared" / "k8s"
 
 
 def k8s_dir() -> Path:

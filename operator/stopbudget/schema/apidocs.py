@@ -1,6 +1,6 @@
 """``stopbudget docs``: the API reference in Markdown, generated from the CRD schema.
 
-The schema comes from :mod:`stopbudget.crdgen`, which comes from the models in
+The schema comes from :mod:`stopbudget.schema.crdgen`, which comes from the models in
 :mod:`stopbudget.api`, so the reference cannot drift from the API.  A test
 fails when the committed ``docs/api.md`` differs from :func:`render`.  Pure.
 """
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from stopbudget import api, crdgen
+from stopbudget import api
+from stopbudget.schema import crdgen
 
 
 def _type(node: dict[str, Any]) -> str:

@@ -210,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m stopbudget.gate.command ...``."""
+    """``python -m stopbudget.cli.gate ...``."""
     top = argparse.ArgumentParser(prog="stopbudget")
     add_parser(top.add_subparsers(dest="command", required=True))
     args = top.parse_args(argv)

@@ -96,7 +96,8 @@ import jsonpatch
 import jsonpointer
 import kmock
 
-from stopbudget import api, yamlout
+from stopbudget import api
+from stopbudget.schema import yamlout
 
 #: The message of every 422 answer to a JSON Patch that does not apply (apimachinery's
 #: ``NewGenericServerResponse`` for ``http.StatusUnprocessableEntity``).

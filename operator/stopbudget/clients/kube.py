@@ -22,7 +22,7 @@ The reasons:
 
 Objects are returned as plain dicts exactly as the API server sent them (the
 response body is decoded as JSON, not turned into client models), which is what
-:mod:`stopbudget.sinks` computes its JSON Patches against.
+:mod:`stopbudget.core.sinks` computes its JSON Patches against.
 
 Errors are typed: :class:`TargetNotFound` (404), :class:`PatchConflict` (a JSON
 Patch ``test`` failed or the object changed since it was read: re-read on the
@@ -47,7 +47,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from stopbudget import api
-from stopbudget.sinks import JsonPatchOp, SinkPatch
+from stopbudget.core.sinks import JsonPatchOp, SinkPatch
 
 # The config loaders and ApiClient.close are untyped in some client versions, typed in others.
 _config: Any = config
@@ -281,8 +281,8 @@ class Kube:
             return KubeApiError(
                 status,
                 f"forbidden to access {kind} {namespace}/{name}: {message}; grant the "
-                "operator's ServiceAccount the rules in stopbudget.kube.PERMISSIONS (the Helm "
-                "chart's ClusterRole does)",
+                "operator's ServiceAccount the rules in stopbudget.clients.kube.PERMISSIONS "
+                "(the Helm chart's ClusterRole does)",
             )
         return KubeApiError(
             status,

@@ -30,7 +30,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from stopbudget import promql
+from stopbudget.core import promql
 
 HOST = "127.0.0.1"
 ENGINES = ("vllm", "sglang", "tgi")

@@ -14,7 +14,8 @@ from typing import Any
 
 from pydantic.json_schema import GenerateJsonSchema
 
-from stopbudget import api, yamlout
+from stopbudget import api
+from stopbudget.schema import yamlout
 
 
 class _Schema(GenerateJsonSchema):
@@ -203,7 +204,7 @@ HEADER = (
 def render() -> str:
     """The CRD as the YAML committed in ``crds/stoppolicy.yaml``.
 
-    Dumped by :mod:`stopbudget.yamlout`, so kubectl and Helm (YAML 1.1) read the
+    Dumped by :mod:`stopbudget.schema.yamlout`, so kubectl and Helm (YAML 1.1) read the
     same names and values as PyYAML: a property named ``n`` would otherwise be
     read as the boolean ``false``.
     """

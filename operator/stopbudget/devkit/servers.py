@@ -48,7 +48,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from stopbudget import yamlout
+from stopbudget.schema import yamlout
 
 log = logging.getLogger(__name__)
 

@@ -14,14 +14,14 @@ from pathlib import Path
 
 
 def _cmd_crd(args: argparse.Namespace) -> int:
-    from stopbudget import crdgen
+    from stopbudget.schema import crdgen
 
     sys.stdout.write(crdgen.render())
     return 0
 
 
 def _cmd_docs(args: argparse.Namespace) -> int:
-    from stopbudget import apidocs
+    from stopbudget.schema import apidocs
 
     text = apidocs.render()
     if args.output == "-":
@@ -33,7 +33,7 @@ def _cmd_docs(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from stopbudget import validate
+    from stopbudget.schema import validate
 
     problems = []
     for name in args.files:
@@ -56,7 +56,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     import os
 
-    from stopbudget import settings
+    from stopbudget.clients import settings
 
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
@@ -78,7 +78,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.all_namespaces:
         os.environ.pop("STOPBUDGET_NAMESPACES", None)
 
-    from stopbudget import handlers
+    from stopbudget.controller import handlers
 
     handlers.run(config)
     return 0
@@ -95,7 +95,7 @@ def parser() -> argparse.ArgumentParser:
         "run",
         help="run the operator against the current kubeconfig or in-cluster config",
         description="Run the operator. Settings come from STOPBUDGET_* environment variables "
-        "(see operator/stopbudget/settings.py); these flags override the common ones.",
+        "(see operator/stopbudget/clients/settings.py); these flags override the common ones.",
     )
     scope = p.add_mutually_exclusive_group()
     scope.add_argument(
@@ -129,19 +129,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="print only problems")
     p.set_defaults(func=_cmd_validate)
 
-    from stopbudget.audits import command as audit_command
+    from stopbudget.cli import audit as audit_command
 
     audit_command.add_parser(sub)
 
-    from stopbudget.gate import command as gate_command
+    from stopbudget.cli import gate as gate_command
 
     gate_command.add_parser(sub)
 
-    from stopbudget.sim import command as simulate_command
+    from stopbudget.cli import simulate as simulate_command
 
     simulate_command.add_parser(sub)
 
-    from stopbudget import demo
+    from stopbudget.cli import demo
 
     demo.add_parser(sub)
 

@@ -86,7 +86,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from stopbudget.api import AlertRecord, AlertStatus, StopPolicySpec
-from stopbudget.metrics import OperatorMetrics
+from stopbudget.clients.metrics import OperatorMetrics
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ Two methods (``audit.method``):
   server sends no tokens (no logprobs support, or tokens that do not spell the
   output), the audit starts over with ``direct`` and says so in its messages.
 
-Scoring (:mod:`stopbudget.audits.em`): an output is *cut* when the budget
+Scoring (:mod:`stopbudget.core.audits.em`): an output is *cut* when the budget
 stopped it: ``finish_reason: length``, or a prefix shorter than the whole
 output.  A cut output without an extractable answer counts as ``truncated``.
 
@@ -24,7 +24,7 @@ Per budget the result has ``hits`` (exact matches), ``n`` (answers scored),
 per answer, from ``usage.completion_tokens``) and ``truncated``.  When any
 budget has fewer than ``min_samples`` answers the result is ``ok=False`` and its
 curve must not be used; the messages say which budget and how many.  Wilson
-bounds are not computed here (:mod:`stopbudget.curve` does that).
+bounds are not computed here (:mod:`stopbudget.core.curve` does that).
 
 Robustness: at most ``concurrency`` requests in flight; a time limit per
 request and for the whole audit; retries with exponential backoff and jitter
@@ -57,10 +57,10 @@ from typing import Any
 
 import aiohttp
 
-from stopbudget import curve
 from stopbudget.api import Audit, AuditApi, AuditMethod, Quality
-from stopbudget.audits import em
-from stopbudget.audits.dataset import GoldenItem
+from stopbudget.core import curve
+from stopbudget.core.audits import em
+from stopbudget.core.audits.dataset import GoldenItem
 
 __all__ = [
     "AuditOutcome",
@@ -215,7 +215,7 @@ class AuditOutcome:
         return "; ".join(self.messages)
 
     def points(self) -> list[curve.Point]:
-        """The measured points, for :class:`stopbudget.curve.Curve`."""
+        """The measured points, for :class:`stopbudget.core.curve.Curve`."""
         return [
             curve.Point(s.budget, s.hits, s.samples, s.mean_tokens, s.truncated)
             for s in self.scores

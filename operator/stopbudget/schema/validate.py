@@ -28,8 +28,9 @@ import jsonschema
 import yaml
 from pydantic import ValidationError
 
-from stopbudget import api, crdgen
-from stopbudget.audits import dataset
+from stopbudget import api
+from stopbudget.core.audits import dataset
+from stopbudget.schema import crdgen
 
 
 @dataclass(frozen=True)

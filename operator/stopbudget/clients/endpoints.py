@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from stopbudget.metrics import OperatorMetrics
+from stopbudget.clients.metrics import OperatorMetrics
 
 
 @dataclass

@@ -13,9 +13,9 @@ Per tick:
    webhook or an audit task learns can be overwritten by a tick in flight.
 3. Read the target and the sink's current value (the world, not status, says
    what is applied).
-4. Unless paused: read Prometheus, run :func:`stopbudget.control.decide`, and in
+4. Unless paused: read Prometheus, run :func:`stopbudget.core.law.decide`, and in
    ``Auto`` mode patch the sink (recording ``status.originalValue`` first).
-5. Schedule audits (:mod:`stopbudget.audits.schedule`) and start one in the
+5. Schedule audits (:mod:`stopbudget.core.audits.schedule`) and start one in the
    background when due.
 6. Rebuild status and conditions, update the operator's metrics, and return
    the Events to post.
@@ -34,12 +34,14 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from stopbudget import api, conditions, control, curve, sinks
-from stopbudget.audits import alerts, dataset, runner, schedule
-from stopbudget.kube import Kube, KubeError, PatchConflict, TargetNotFound
-from stopbudget.metrics import OperatorMetrics
-from stopbudget.prometheus import PrometheusReader
-from stopbudget.settings import Settings
+from stopbudget import api
+from stopbudget.clients import audit_runner, webhook
+from stopbudget.clients.kube import Kube, KubeError, PatchConflict, TargetNotFound
+from stopbudget.clients.metrics import OperatorMetrics
+from stopbudget.clients.prometheus import PrometheusReader
+from stopbudget.clients.settings import Settings
+from stopbudget.core import conditions, curve, law, sinks
+from stopbudget.core.audits import dataset, schedule
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ class AuditReport:
     trigger: api.AuditTrigger
     started: datetime
     spec: api.StopPolicySpec
-    outcome: runner.AuditOutcome | None
+    outcome: audit_runner.AuditOutcome | None
     error: str | None = None
 
     @property
@@ -84,9 +86,9 @@ class Runtime:
     #: The status this process wrote last; newer than the watched object's.
     status: dict[str, Any] | None = None
     audit_task: asyncio.Task[AuditReport] | None = None
-    alert_updates: list[alerts.PolicyAlerts] = field(default_factory=list)
+    alert_updates: list[webhook.PolicyAlerts] = field(default_factory=list)
     #: The policy as the Alertmanager webhook sees it (refreshed every tick).
-    target: alerts.PolicyTarget | None = None
+    target: webhook.PolicyTarget | None = None
     #: This process has met the policy (its daemon started): see Services.webhook_ready.
     met: bool = False
 
@@ -194,11 +196,11 @@ class Services:
             await runtime.stop_audit()
         self.metrics.forget(namespace, name)
 
-    def targets(self) -> list[alerts.PolicyTarget]:
+    def targets(self) -> list[webhook.PolicyTarget]:
         """The policies as the Alertmanager webhook matches them."""
         return [r.target for r in self.runtimes.values() if r.target is not None]
 
-    async def on_alerts(self, update: alerts.PolicyAlerts) -> None:
+    async def on_alerts(self, update: webhook.PolicyAlerts) -> None:
         """The webhook's callback: hand the update to the policy's next tick, now."""
         runtime = self.runtimes.get(update.key)
         if runtime is None:  # deleted meanwhile
@@ -299,7 +301,7 @@ def meet(
     with contextlib.suppress(ValidationError):
         spec = api.StopPolicySpec.model_validate(dict(raw_spec))
         records = read_status(raw_status).status.alerts
-        runtime.target = alerts.PolicyTarget.from_spec(
+        runtime.target = webhook.PolicyTarget.from_spec(
             runtime.namespace, runtime.name, spec, records
         )
     runtime.met = True
@@ -374,9 +376,9 @@ async def _tick(
             audit_state = schedule.request(audit_state, api.AuditTrigger.ALERT)
         events.append(Event("Normal", "AlertReceived", update.reason))
     runtime.alert_updates.clear()
-    alert_records = list(alerts.expire(alert_records, now))
-    firing = alerts.firing(alert_records, now)
-    runtime.target = alerts.PolicyTarget.from_spec(ns, name, spec, alert_records)
+    alert_records = list(webhook.expire(alert_records, now))
+    firing = webhook.firing(alert_records, now)
+    runtime.target = webhook.PolicyTarget.from_spec(ns, name, spec, alert_records)
     cond(
         C.ALERT_FIRING,
         firing,
@@ -444,8 +446,8 @@ async def _tick(
     )
 
     applied_budget = current.budget if current is not None else None
-    observation: control.Observation | None = None
-    decision: control.Decision | None = None
+    observation: law.Observation | None = None
+    decision: law.Decision | None = None
     original = old.original_value
     last_patch_time = old.last_patch_time
     failures, history = old.failures, list(old.history)
@@ -460,7 +462,7 @@ async def _tick(
         assert target_obj is not None
         # 4. Metrics, the law, the patch.
         observation = await services.reader.observe(ns, name, spec)
-        state = control.State(
+        state = law.State(
             budget=current.budget,
             last_patch_time=old.last_patch_time,
             failures=old.failures,
@@ -469,7 +471,7 @@ async def _tick(
         raise_for_alert = bool(
             spec.audit is not None and spec.audit.alerts.raise_budget_on_firing and firing
         )
-        decision = control.decide(
+        decision = law.decide(
             spec, the_curve, observation, state, now, raise_for_alert=raise_for_alert
         )
         failures = decision.state.failures
@@ -700,7 +702,7 @@ async def run_audit(
     trigger: api.AuditTrigger,
     started: datetime,
 ) -> AuditReport:
-    """The background task of one audit: golden set from its ConfigMap, then the runner."""
+    """The background task of one audit: golden set from its ConfigMap, then the audit_runner."""
     audit = spec.audit
     assert audit is not None
     try:
@@ -717,8 +719,8 @@ async def run_audit(
             except (KubeError, dataset.DatasetError) as exc:
                 message = f"golden set {ref.config_map_ref.name}/{ref.key}: {exc}"
                 return AuditReport(trigger, started, spec, None, message)
-            plan = runner.plan_from_spec(audit, spec.quality, questions)
-            outcome = await runner.run_audit(plan)
+            plan = audit_runner.plan_from_spec(audit, spec.quality, questions)
+            outcome = await audit_runner.run_audit(plan)
             return AuditReport(trigger, started, spec, outcome)
     finally:
         runtime.wake.set()
@@ -785,8 +787,8 @@ def _export_tick(
     name: str,
     spec: api.StopPolicySpec,
     status: api.StopPolicyStatus,
-    decision: control.Decision | None,
-    observation: control.Observation | None,
+    decision: law.Decision | None,
+    observation: law.Observation | None,
     em_point: curve.Point | None,
 ) -> None:
     def gauge(metric: Any, value: float | None, *labels: str) -> None:

@@ -1,6 +1,6 @@
-"""Reads a policy's signals from Prometheus into a :class:`~stopbudget.control.Observation`.
+"""Reads a policy's signals from Prometheus into a :class:`~stopbudget.core.law.Observation`.
 
-The queries come from :func:`stopbudget.promql.plan`; they run through
+The queries come from :func:`stopbudget.core.promql.plan`; they run through
 ``prometheus-api-client`` in a small thread pool, off the event loop, all the
 queries of one tick at once (bounded by ``max_concurrency`` across policies).
 
@@ -41,10 +41,10 @@ from urllib3.exceptions import InsecureRequestWarning
 from urllib3.util.retry import Retry
 
 from stopbudget.api import StopPolicySpec
-from stopbudget.control import Observation, SignalReading
-from stopbudget.metrics import OperatorMetrics
-from stopbudget.promql import DEFAULT_WINDOW, PromQLError, Query, Role, plan
-from stopbudget.settings import Settings
+from stopbudget.clients.metrics import OperatorMetrics
+from stopbudget.clients.settings import Settings
+from stopbudget.core.law import Observation, SignalReading
+from stopbudget.core.promql import DEFAULT_WINDOW, PromQLError, Query, Role, plan
 
 log = logging.getLogger(__name__)
 

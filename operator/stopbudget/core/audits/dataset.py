@@ -10,7 +10,7 @@ One JSON object per line::
 * the accepted answers are ``"answers"`` (a non-empty list of non-empty
   strings) or ``"answer"`` (one string, or a JSON number read as its text).
   GSM8K's ``"... #### 18"`` is read as ``18``
-  (:func:`stopbudget.audits.em.parse_gold`);
+  (:func:`stopbudget.core.audits.em.parse_gold`);
 * other keys (``id``, ``source``, ...) are allowed and ignored;
 * blank lines are skipped; line numbers in errors count every line.
 
@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from stopbudget.audits.em import parse_gold
+from stopbudget.core.audits.em import parse_gold
 
 __all__ = [
     "MAX_BYTES",

@@ -48,7 +48,7 @@ from stopbudget.api import (
     StopPolicySpec,
     format_duration,
 )
-from stopbudget.curve import Curve
+from stopbudget.core.curve import Curve
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""stopbudget.cli.main."""
