@@ -15,6 +15,7 @@ from stopbudget.clients.metrics import OperatorMetrics
 from stopbudget.clients.settings import Settings
 from stopbudget.controller import reconcile
 from stopbudget.controller.reconcile import (
+    Runtime,
     Services,
     _dump,
     _raw_interval,
@@ -230,3 +231,19 @@ async def test_close_waits_for_the_ticks_in_flight_and_starts_no_more() -> None:
     release.set()
     await asyncio.gather(running, closing)
     assert closed == ["kube", "prometheus"]
+
+
+def test_an_audit_request_already_consumed_is_not_a_new_one() -> None:
+    """The watched object can still show the annotation for a tick after the operator removed
+    it (seen on the real API server: a manual audit ran twice)."""
+    runtime = Runtime("serving", "p")
+    asked = {api.ANNOTATION_AUDIT_REQUESTED: "please", "other": "kept"}
+    assert runtime.requests_in(asked) == asked  # a new request
+    runtime.consumed_request = "please"  # the tick started its audit and removed it
+    assert runtime.requests_in(asked) == {"other": "kept"}  # a stale view of the object
+    assert runtime.requests_in({"other": "kept"}) == {"other": "kept"}  # seen gone
+    assert runtime.consumed_request is None
+    assert runtime.requests_in(asked) == asked  # asked again: a new request
+    runtime.consumed_request = "please"
+    again = {api.ANNOTATION_AUDIT_REQUESTED: "2026-12-02T03:00"}
+    assert runtime.requests_in(again) == again  # another value is always a new request

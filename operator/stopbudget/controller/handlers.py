@@ -200,6 +200,9 @@ async def control_loop(
                 runtime.status = dict(stored.get("status") or {})
                 if result.remove_audit_annotation:
                     await services.kube.remove_policy_annotation(namespace, name)
+                    runtime.consumed_request = (meta.get("annotations") or {}).get(
+                        api.ANNOTATION_AUDIT_REQUESTED
+                    )
             except TargetNotFound:
                 return  # deleted meanwhile: kopf stops this daemon
             except KubeError as exc:

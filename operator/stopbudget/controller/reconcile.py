@@ -91,6 +91,20 @@ class Runtime:
     target: webhook.PolicyTarget | None = None
     #: This process has met the policy (its daemon started): see Services.webhook_ready.
     met: bool = False
+    #: The value of the audit-request annotation this process removed when its audit
+    #: started: until a tick sees the annotation gone, that value is not a new request
+    #: (the watched object can lag behind our own removal by a tick).
+    consumed_request: str | None = None
+
+    def requests_in(self, annotations: Mapping[str, str]) -> Mapping[str, str]:
+        """``annotations`` without an audit request this process has already consumed."""
+        value = annotations.get(api.ANNOTATION_AUDIT_REQUESTED)
+        if value is None:
+            self.consumed_request = None
+            return annotations
+        if value == self.consumed_request:
+            return {k: v for k, v in annotations.items() if k != api.ANNOTATION_AUDIT_REQUESTED}
+        return annotations
 
     @property
     def auditing(self) -> bool:
@@ -336,7 +350,7 @@ async def _tick(
     now = services.clock()
     ns, name = runtime.namespace, runtime.name
     generation = meta.get("generation")
-    annotations: Mapping[str, str] = meta.get("annotations") or {}
+    annotations = runtime.requests_in(meta.get("annotations") or {})
     stored = read_status(runtime.status if runtime.status is not None else raw_status)
     old = status = stored.status
     events: list[Event] = []
