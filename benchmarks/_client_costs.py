@@ -42,8 +42,10 @@ from stopbudget.clients.kube import MERGE_PATCH, Kube
 from stopbudget.clients.metrics import OperatorMetrics
 from stopbudget.clients.prometheus import PrometheusReader
 from stopbudget.clients.settings import Settings
-from stopbudget.controller import reconcile
+from stopbudget.controller import tick
+from stopbudget.controller.operator import Operator
 from stopbudget.core import promql
+from stopbudget.core.status import patch_body, read_status
 from stopbudget.devkit.exporter import EngineExporter
 from stopbudget.devkit.servers import DevPrometheus
 
@@ -105,10 +107,10 @@ async def async_part(
 async def tick_part(
     calls: int, prom_url: str, kubeconfig: Path, shape: PolicyShape
 ) -> tuple[float, dict[str, Any]]:
-    """Main-thread CPU of one whole reconcile.tick (its I/O runs in the pools' threads)."""
+    """Main-thread CPU of one whole tick (its I/O runs in the pools' threads)."""
     settings = Settings(prometheus_url=prom_url, query_window="10s")
     metrics = OperatorMetrics()
-    services = reconcile.Services(
+    operator = Operator(
         settings=settings,
         kube=Kube.connect(kubeconfig),
         reader=PrometheusReader(settings, metrics, window="10s"),
@@ -117,23 +119,21 @@ async def tick_part(
     # Ticks 5 s apart on the policy's clock, so that status.history holds 10 entries
     # (downscaleStabilization is 10 intervals), as in the benchmark.
     start, ticks = datetime.now(UTC), itertools.count()
-    services.clock = lambda: start + timedelta(seconds=5 * next(ticks))
-    runtime = services.runtime(shape.namespace, shape.name)
+    operator.clock = lambda: start + timedelta(seconds=5 * next(ticks))
+    mailbox = operator.mailbox(shape.namespace, shape.name)
     meta = {"generation": 1, "annotations": {}}
     raw_spec = shape.policy(5.0)["spec"]
 
     async def one() -> object:
-        result = await reconcile.tick(services, runtime, meta, raw_spec, None)
-        runtime.status = result.status  # as the handler does after writing it
-        return result
+        return await tick.tick(operator, mailbox, meta, raw_spec, None)  # it writes status
 
     for _ in range(12):  # past the first patch, with a full history
         await one()
     cpu = await per_call_async(calls, one)
-    services.reader.close()
-    await services.kube.close()
-    assert runtime.status is not None
-    return cpu, runtime.status
+    operator.reader.close()
+    await operator.kube.close()
+    assert mailbox.status is not None
+    return cpu, mailbox.status
 
 
 def main() -> int:
@@ -209,8 +209,9 @@ def main() -> int:
     raw_spec = shape.policy(5.0)["spec"]
     old = api.StopPolicyStatus.model_validate(raw_status)
     results["spec parse"] = per_call(calls, lambda: api.StopPolicySpec.model_validate(raw_spec))
-    results["status parse"] = per_call(calls, lambda: reconcile._status_of(raw_status))
-    results["status dump"] = per_call(calls, lambda: reconcile._dump(old, old))
+    stored = read_status(raw_status)
+    results["status parse"] = per_call(calls, lambda: read_status(raw_status))
+    results["status dump"] = per_call(calls, lambda: patch_body(old, stored))
 
     print("| call | CPU ms per call | note |")
     print("|---|---:|---|")
@@ -222,17 +223,17 @@ def main() -> int:
     row("PATCH status, aiohttp", results["aiohttp patch"])
     row("event loop -> thread pool -> event loop (no-op)", results["hop"])
     row(
-        "reconcile.tick, event-loop thread only",
+        "tick, event-loop thread only",
         tick_cpu,
         "one policy, sequential ticks; its I/O is in the rows above",
     )
     row("StopPolicySpec.model_validate", results["spec parse"])
     row(
-        "status parse (reconcile._status_of)",
+        "status parse (core.status.read_status)",
         results["status parse"],
         f"a status of {len(json.dumps(raw_status))} bytes",
     )
-    row("status dump (reconcile._dump)", results["status dump"])
+    row("status dump (core.status.patch_body)", results["status dump"])
     return 0
 
 

@@ -176,7 +176,7 @@ def _essence(status: dict[str, Any]) -> str:
 def sparse_status(method: Callable[..., Any], every: int) -> Callable[..., Any]:
     """WHAT-IF, not the operator's behaviour: write a tick's status only when its essence
     changed, or on every ``every``-th tick of the policy (a heartbeat of lastEvaluationTime).
-    The daemon keeps the unwritten status in memory (``runtime.status``) as usual."""
+    The policy's mailbox keeps the status it would have written, as if stored."""
     seen: dict[tuple[str, str], tuple[str, int]] = {}
 
     async def wrapper(
@@ -190,7 +190,7 @@ def sparse_status(method: Callable[..., Any], every: int) -> Callable[..., Any]:
         if essence == last and skipped + 1 < every:
             seen[key] = (essence, skipped + 1)
             record("kube.status_patch_skipped", 0.0)
-            return {}
+            return {"status": {k: v for k, v in status.items() if v is not None}}
         seen[key] = (essence, 0)
         written: dict[str, Any] = await method(self, namespace, name, status)
         return written

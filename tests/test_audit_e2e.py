@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from kopf.testing import KopfRunner
 
-from stopbudget.controller.reconcile import first_delay
+from stopbudget.controller.tick import first_delay
 from stopbudget.core.curve import wilson_lower
 from stopbudget.devkit import servers
 from tests.clusters import Cluster

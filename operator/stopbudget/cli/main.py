@@ -58,8 +58,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from stopbudget.clients import settings
 
-    if args.kubeconfig:
-        os.environ["KUBECONFIG"] = args.kubeconfig
     overrides = {
         "STOPBUDGET_NAMESPACES": ",".join(args.namespace) if args.namespace else None,
         "STOPBUDGET_PROMETHEUS_URL": args.prometheus_url,
@@ -70,13 +68,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.all_namespaces:
         env.pop("STOPBUDGET_NAMESPACES", None)
     try:
-        config = settings.from_env(env)
+        config = settings.from_env(env)  # built once, handed to the operator as it is
     except ValueError as exc:
         print(f"stopbudget run: {exc}", file=sys.stderr)
         return 2
-    os.environ.update({k: v for k, v in overrides.items() if v is not None})
-    if args.all_namespaces:
-        os.environ.pop("STOPBUDGET_NAMESPACES", None)
+    if args.kubeconfig:  # kopf's login and the Kubernetes client read it from there
+        os.environ["KUBECONFIG"] = args.kubeconfig
 
     from stopbudget.controller import handlers
 

@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import urllib3.exceptions
 from kubernetes import client, config
@@ -291,6 +291,14 @@ class Kube:
         )
 
     # ----------------------------------------------------------------- reads
+
+    async def get_sink_object(
+        self, kind: Literal["Deployment", "ConfigMap"], namespace: str, name: str
+    ) -> dict[str, Any]:
+        """The Deployment or ConfigMap a sink lives in; :class:`TargetNotFound` if none."""
+        if kind == "ConfigMap":
+            return await self.get_config_map(namespace, name)
+        return await self.get_deployment(namespace, name)
 
     async def get_deployment(self, namespace: str, name: str) -> dict[str, Any]:
         """The Deployment as the API returns it; :class:`TargetNotFound` if there is none."""

@@ -1,11 +1,12 @@
-"""The kopf layer: THIN.  Each handler parses what kopf hands it, calls one function, writes.
+"""The kopf layer: THIN.  Each handler parses what kopf hands it, calls one function.
 
-* startup/cleanup: operator settings, the process's services, the HTTP servers;
-* a daemon per StopPolicy: :func:`stopbudget.controller.reconcile.tick` every
-  ``spec.control.interval`` (sooner when woken by a spec change, an alert or a
-  finished audit), then the status patch and the Events it returns;
-* spec or annotation changes wake that daemon;
-* delete: :func:`stopbudget.controller.reconcile.restore` puts the sink back (kopf holds
+* startup/cleanup: the :class:`~stopbudget.controller.operator.Operator` (settings,
+  clients, metrics), the HTTP servers (metrics and health, the Alertmanager webhook);
+* a loop per StopPolicy (a kopf daemon): :func:`stopbudget.controller.tick.tick` every
+  ``spec.control.interval`` (sooner when woken by a spec change, an alert or a finished
+  audit), then the Events it returns;
+* spec or annotation changes wake that loop;
+* delete: :func:`stopbudget.controller.restore.restore` puts the sink back (kopf holds
   the finalizer until it returns).
 
 Run it with ``stopbudget run`` (or ``kopf run -m stopbudget.controller.handlers``).
@@ -18,14 +19,17 @@ import logging
 from typing import Any
 
 import kopf
+from aiohttp import web
 
 from stopbudget import api
 from stopbudget.clients import endpoints, webhook
-from stopbudget.clients.kube import Kube, KubeError, TargetNotFound
+from stopbudget.clients.kube import Kube, KubeError
 from stopbudget.clients.metrics import OperatorMetrics
 from stopbudget.clients.prometheus import PrometheusReader
 from stopbudget.clients.settings import Settings, from_env
-from stopbudget.controller import reconcile
+from stopbudget.controller import tick
+from stopbudget.controller.operator import Operator
+from stopbudget.controller.restore import restore
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +40,11 @@ READINESS = endpoints.Readiness()
 TLS_CLOSE_GRACE = 0.25
 #: Longest the webhook answers 503 after a start while it has not met every StopPolicy.
 WEBHOOK_SETTLE_SECONDS = 60.0
+#: kopf's memo key of the settings `stopbudget run` built (absent under `kopf run`).
+SETTINGS = "settings"
 
 
-def run(
-    config: Settings,
-    *,
-    stop_flag: Any = None,
-    ready_flag: Any = None,
-) -> None:
+def run(config: Settings, *, stop_flag: Any = None, ready_flag: Any = None) -> None:
     """Run the operator until stopped: cluster-wide, or in ``config.namespaces``."""
     kopf.configure(
         verbose=config.log_level.upper() == "DEBUG",
@@ -56,6 +57,7 @@ def run(
         standalone=not config.kopf_peering,
         stop_flag=stop_flag,
         ready_flag=ready_flag,
+        memo=kopf.Memo({SETTINGS: config}),
     )
 
 
@@ -87,53 +89,59 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    config = from_env()
+    config: Settings = memo.get(SETTINGS) or from_env()
     configure(settings, config)
-    metrics = OperatorMetrics()
-    services = reconcile.Services(
-        settings=config,
-        kube=Kube.connect(workers=config.kube_workers),
-        reader=PrometheusReader(
-            config,
-            metrics,
-            window=config.query_window,
-            max_concurrency=config.prometheus_max_concurrency,
-        ),
-        metrics=metrics,
-        audit_slots=asyncio.Semaphore(config.max_concurrent_audits),
-    )
-    runners = []
-    runner, port = await endpoints.serve(
-        endpoints.app(metrics, READINESS), config.bind_address, config.metrics_port
-    )
-    runners.append(runner)
-    log.info("metrics and health on %s:%d", config.bind_address, port)
-    if config.webhook_token_file is not None:
-        await know_the_policies(services, config)
-        webhook_app = webhook.create_app(
-            token_file=config.webhook_token_file,
-            on_alerts=services.on_alerts,
-            policies=services.targets,
-            metrics=metrics,
-            ready=services.webhook_ready,
-        )
-        runner, port = await endpoints.serve(
-            webhook_app, config.bind_address, config.webhook_port, auto_decompress=False
-        )
-        runners.append(runner)
-        log.info("Alertmanager webhook on %s:%d/alertmanager", config.bind_address, port)
-    else:
-        log.info("Alertmanager webhook disabled: STOPBUDGET_WEBHOOK_TOKEN_FILE is not set")
-    memo["services"] = services
-    memo["runners"] = runners
+    operator = build_operator(config)
+    memo["operator"] = operator
+    memo["runners"] = await serve(operator, config)
     READINESS.ready = True
 
 
-async def know_the_policies(services: reconcile.Services, config: Settings) -> None:
-    """List the policies, so that the webhook waits until each daemon has met its own."""
-    services.settle_deadline = asyncio.get_running_loop().time() + WEBHOOK_SETTLE_SECONDS
+def build_operator(config: Settings) -> Operator:
+    """The operator process's clients and metrics, from its settings."""
+    metrics = OperatorMetrics()
+    reader = PrometheusReader(
+        config, metrics, window=config.query_window,
+        max_concurrency=config.prometheus_max_concurrency,
+    )  # fmt: skip
+    return Operator(
+        settings=config,
+        kube=Kube.connect(workers=config.kube_workers),
+        reader=reader,
+        metrics=metrics,
+        audit_slots=asyncio.Semaphore(config.max_concurrent_audits),
+    )
+
+
+async def serve(operator: Operator, config: Settings) -> list[web.AppRunner]:
+    """Metrics and health, and the Alertmanager webhook when a token file is set."""
+    runner, port = await endpoints.serve(
+        endpoints.app(operator.metrics, READINESS), config.bind_address, config.metrics_port
+    )
+    log.info("metrics and health on %s:%d", config.bind_address, port)
+    if config.webhook_token_file is None:
+        log.info("Alertmanager webhook disabled: STOPBUDGET_WEBHOOK_TOKEN_FILE is not set")
+        return [runner]
+    await know_the_policies(operator, config)
+    app = webhook.create_app(
+        token_file=config.webhook_token_file,
+        on_alerts=operator.on_alerts,
+        policies=operator.targets,
+        metrics=operator.metrics,
+        ready=operator.webhook_ready,
+    )
+    hook, port = await endpoints.serve(
+        app, config.bind_address, config.webhook_port, auto_decompress=False
+    )
+    log.info("Alertmanager webhook on %s:%d/alertmanager", config.bind_address, port)
+    return [runner, hook]
+
+
+async def know_the_policies(operator: Operator, config: Settings) -> None:
+    """List the policies, so that the webhook waits until each loop has met its own."""
+    operator.settle_deadline = asyncio.get_running_loop().time() + WEBHOOK_SETTLE_SECONDS
     try:
-        services.expected = await services.kube.list_policies(config.namespaces)
+        operator.expected = await operator.kube.list_policies(config.namespaces)
     except KubeError as exc:
         log.warning(
             "StopPolicies not listed (%s): the webhook answers 503 for %d s", exc,
@@ -144,9 +152,9 @@ async def know_the_policies(services: reconcile.Services, config: Settings) -> N
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     READINESS.ready = False
-    services: reconcile.Services | None = memo.get("services")
-    if services is not None:
-        await services.close()
+    operator: Operator | None = memo.get("operator")
+    if operator is not None:
+        await operator.close()
     for runner in memo.get("runners", []):
         await runner.cleanup()
     # kopf closes its API sessions after the cleanup handlers; a TLS connection needs the
@@ -177,40 +185,29 @@ async def control_loop(
     logger: kopf.Logger,
     **_: Any,
 ) -> None:
-    """The policy's loop: a tick, its status and Events, then wait for the interval."""
+    """The policy's loop: a tick, its Events, then wait for the interval (or a wake-up)."""
     assert namespace is not None  # StopPolicy is namespaced
-    services: reconcile.Services = memo["services"]
-    runtime = services.runtime(namespace, name)
-    reconcile.meet(runtime, body.get("spec", {}), body.get("status"))
+    operator: Operator = memo["operator"]
+    mailbox = operator.mailbox(namespace, name)
+    tick.meet(mailbox, body.get("spec", {}), body.get("status"))
     if (body.get("status") or {}).get("lastEvaluationTime"):
-        # An operator restart starts every daemon at once: spread the first ticks of
+        # An operator restart starts every loop at once: spread the first ticks of
         # existing policies so they do not stay in step. A new policy ticks at once.
-        delay = reconcile.first_delay(namespace, name, body.get("spec", {}))
-        await runtime.sleep(delay, stopped.wait)
+        await mailbox.sleep(tick.first_delay(namespace, name, body.get("spec", {})), stopped.wait)
     while not stopped:
-        async with services.ticking() as open_:
+        async with operator.ticking() as open_:
             if not open_:
                 return  # the operator is stopping
-            result = await reconcile.tick(
-                services, runtime, meta, body.get("spec", {}), body.get("status")
-            )
             try:
-                stored = await services.kube.patch_policy_status(namespace, name, result.status)
-                # What the API server stored (the merge patch applied), never the patch body.
-                runtime.status = dict(stored.get("status") or {})
-                if result.remove_audit_annotation:
-                    await services.kube.remove_policy_annotation(namespace, name)
-                    runtime.consumed_request = (meta.get("annotations") or {}).get(
-                        api.ANNOTATION_AUDIT_REQUESTED
-                    )
-            except TargetNotFound:
-                return  # deleted meanwhile: kopf stops this daemon
-            except KubeError as exc:
-                logger.warning("status not written: %s", exc)
+                result = await tick.tick(
+                    operator, mailbox, meta, body.get("spec", {}), body.get("status")
+                )
+            except tick.PolicyGone:
+                return  # deleted meanwhile: kopf stops this loop
         for event in result.events:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
             logger.info("%s: %s", event.reason, event.message)
-        await runtime.sleep(result.interval, stopped.wait)
+        await mailbox.sleep(result.interval, stopped.wait)
 
 
 @kopf.on.update(*RESOURCE, field="spec")
@@ -218,8 +215,8 @@ async def control_loop(
 def changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     """A spec or annotation change (mode, pause, audit request) takes effect now."""
     assert namespace is not None
-    services: reconcile.Services = memo["services"]
-    services.runtime(namespace, name).wake.set()
+    operator: Operator = memo["operator"]
+    operator.mailbox(namespace, name).wake.set()
 
 
 @kopf.on.delete(*RESOURCE, retries=5, backoff=5)
@@ -234,15 +231,13 @@ async def deleted(
 ) -> None:
     """Put back the sink's original value, then forget the policy."""
     assert namespace is not None
-    services: reconcile.Services = memo["services"]
+    operator: Operator = memo["operator"]
     try:
-        message = await reconcile.restore(
-            services, namespace, body.get("spec", {}), body.get("status")
-        )
+        message = await restore(operator, namespace, body.get("spec", {}), body.get("status"))
     except KubeError as exc:
         if retry < 4:
             raise kopf.TemporaryError(f"restore failed, retrying: {exc}", delay=5) from exc
         message = f"restore failed, giving up after {retry + 1} attempts: {exc}"
         logger.error(message)  # noqa: TRY400 - the traceback adds nothing to the API error
     logger.info(message)
-    await services.forget(namespace, name)
+    await operator.forget(namespace, name)

@@ -89,6 +89,40 @@ class SinkPatch:
     summary: str
 
 
+@dataclass(frozen=True)
+class LocatedSink:
+    """A policy's sink found in the object it lives in: read once per tick, then the
+    patches that write a budget or put the original back are computed from it."""
+
+    budget: api.Budget
+    target: api.TargetRef
+    kind: TargetKind
+    #: The Deployment or ConfigMap as the API returned it.
+    obj: Obj = field(hash=False)
+    #: What the sink holds now.
+    value: SinkValue
+
+    @classmethod
+    def found_in(cls, budget: api.Budget, target: api.TargetRef, obj: Obj) -> LocatedSink:
+        """The sink in ``obj`` (the object :func:`target_of` names); SinkError if it is not
+        where the policy says."""
+        kind, _ = target_of(budget, target)
+        value = read(budget, target, **_by_kind(kind, obj))
+        return cls(budget, target, kind, obj, value)
+
+    def set_patch(self, budget: int) -> SinkPatch | None:
+        """The patch that writes ``budget``; None when the sink already holds it."""
+        return set_patch(self.budget, self.target, budget, **_by_kind(self.kind, self.obj))
+
+    def restore_patch(self, original: api.OriginalValue) -> SinkPatch | None:
+        """The patch that puts ``original`` back; None when the sink already holds it."""
+        return restore_patch(self.budget, self.target, original, **_by_kind(self.kind, self.obj))
+
+
+def _by_kind(kind: TargetKind, obj: Obj) -> dict[str, Obj]:
+    return {"config_map": obj} if kind == "ConfigMap" else {"deployment": obj}
+
+
 def target_of(spec: api.Budget, target: api.TargetRef) -> tuple[TargetKind, str]:
     """The object the sink lives in, which the caller reads and patches: (kind, name)."""
     if spec.sink.type == api.SinkType.CONFIG_MAP:

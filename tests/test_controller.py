@@ -1,4 +1,5 @@
-"""Small helpers of the reconcile layer, and ticks that stop early (the rest runs end to end)."""
+"""The controller's small parts: stored status, the tick's helpers, an invalid spec's tick,
+the webhook's readiness, shutdown, and the mailbox (the rest runs end to end)."""
 
 from __future__ import annotations
 
@@ -13,16 +14,11 @@ import yaml
 from stopbudget import api
 from stopbudget.clients.metrics import OperatorMetrics
 from stopbudget.clients.settings import Settings
-from stopbudget.controller import reconcile
-from stopbudget.controller.reconcile import (
-    Runtime,
-    Services,
-    _dump,
-    _raw_interval,
-    first_delay,
-    meet,
-    read_status,
-)
+from stopbudget.controller import tick
+from stopbudget.controller.mailbox import PolicyMailbox
+from stopbudget.controller.operator import Operator
+from stopbudget.controller.tick import first_delay, interval_of, meet
+from stopbudget.core.status import patch_body, read_status
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,10 +33,10 @@ def test_first_tick_offsets_are_stable_spread_and_bounded() -> None:
 
 
 def test_interval_of_a_spec_that_may_be_invalid() -> None:
-    assert _raw_interval({"control": {"interval": "5s"}}) == 5.0
-    assert _raw_interval({"control": {"interval": "0s"}}) == 30.0  # out of bounds
-    assert _raw_interval({"control": "nonsense"}) == 30.0
-    assert _raw_interval({}) == 30.0
+    assert interval_of({"control": {"interval": "5s"}}) == 5.0
+    assert interval_of({"control": {"interval": "0s"}}) == 30.0  # out of bounds
+    assert interval_of({"control": "nonsense"}) == 30.0
+    assert interval_of({}) == 30.0
 
 
 # ------------------------------------------------------------------ the status as stored
@@ -73,8 +69,8 @@ def test_an_unreadable_field_costs_that_field_only(broken: str, value: object) -
     assert [h.budget for h in status.history] == [256]
     assert status.last_patch_time is not None
     # Written back, the unreadable field is left as stored: never erased.
-    assert broken not in _dump(status, stored)
-    assert _dump(status, stored)["originalValue"] == {"present": True, "value": "2048"}
+    assert broken not in patch_body(status, stored)
+    assert patch_body(status, stored)["originalValue"] == {"present": True, "value": "2048"}
 
 
 def test_each_unreadable_field_is_dropped_and_nothing_else() -> None:
@@ -86,7 +82,7 @@ def test_each_unreadable_field_is_dropped_and_nothing_else() -> None:
 
 def test_removed_signals_are_deleted_by_the_patch_and_absent_when_read_back() -> None:
     stored = read_status(STORED)
-    body = _dump(stored.status.model_copy(update={"signals": {}}), stored)
+    body = patch_body(stored.status.model_copy(update={"signals": {}}), stored)
     assert body["signals"] == {"queue": None}
 
 
@@ -95,8 +91,8 @@ def test_an_unreadable_curve_is_replaced_not_kept() -> None:
     stored = read_status({**STORED, "curve": [{"budget": 128, "em": 0.5}]})
     assert stored.unreadable == {"curve"}
     assert stored.status.curve == []
-    assert _dump(stored.status, stored)["curve"] == []
-    assert _dump(stored.status, stored)["originalValue"] == {"present": True, "value": "2048"}
+    assert patch_body(stored.status, stored)["curve"] == []
+    assert patch_body(stored.status, stored)["originalValue"] == {"present": True, "value": "2048"}
 
 
 # ------------------------------------------------------ policies from before n became samples
@@ -122,6 +118,19 @@ def _pre_rename_policy() -> tuple[dict[str, Any], dict[str, Any]]:
     return spec, status
 
 
+class StatusRecorder:
+    """The one Kubernetes call a tick of an invalid spec makes: the status write."""
+
+    def __init__(self) -> None:
+        self.written: dict[str, Any] = {}
+
+    async def patch_policy_status(
+        self, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any]:
+        self.written = dict(status)
+        return {"status": {k: v for k, v in status.items() if v is not None}}
+
+
 @pytest.mark.parametrize(
     ("old_key", "expected"),
     [
@@ -138,14 +147,16 @@ def test_an_old_n_is_an_invalid_spec_that_names_samples_and_n(
         for item in spec["quality"]["prior"]:
             item[old_key] = 300
     now = datetime(2025, 1, 1, tzinfo=UTC)
-    services = reconcile.Services(
-        settings=Settings(), kube=None, reader=None, metrics=OperatorMetrics(), clock=lambda: now
-    )  # an invalid spec reaches neither Kubernetes nor Prometheus
-    runtime = reconcile.Runtime("serving", "qwen")
+    kube = StatusRecorder()
+    operator = Operator(
+        settings=Settings(), kube=kube, reader=None, metrics=OperatorMetrics(), clock=lambda: now
+    )  # type: ignore[arg-type]  # an invalid spec reaches Kubernetes for its status only
+    mailbox = PolicyMailbox("serving", "qwen")
 
-    result = asyncio.run(reconcile.tick(services, runtime, {"generation": 2}, spec, status))
+    result = asyncio.run(tick.tick(operator, mailbox, {"generation": 2}, spec, status))
+    written = kube.written  # the tick writes the status itself
 
-    ready = next(c for c in result.status["conditions"] if c["type"] == "Ready")
+    ready = next(c for c in written["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
     for i in range(3):
         assert f"spec.quality.prior[{i}].{expected}" in ready["message"]
@@ -153,47 +164,47 @@ def test_an_old_n_is_an_invalid_spec_that_names_samples_and_n(
     assert [e.reason for e in result.events] == ["InvalidSpec"]
     # The unreadable curve is replaced whole (kept, it would make the API server refuse
     # the write), and what is restored on delete is kept.
-    assert result.status["curve"] == []
-    assert result.status["originalValue"] == {"present": True, "value": "1024"}
-    assert result.status["budget"] == 512
+    assert written["curve"] == []
+    assert written["originalValue"] == {"present": True, "value": "1024"}
+    assert written["budget"] == 512
 
 
 # ------------------------------------------------------------------ the webhook's readiness
 
 
 async def test_the_webhook_is_ready_once_every_listed_policy_is_met() -> None:
-    services = Services(
+    operator = Operator(
         settings=Settings(),
         kube=None,
         reader=None,
         metrics=OperatorMetrics(),  # type: ignore[arg-type]
     )
-    services.settle_deadline = asyncio.get_running_loop().time() + 60
-    assert not services.webhook_ready()  # not listed yet
-    services.expected = {("serving", "a"), ("serving", "b"), ("serving", "gone")}
+    operator.settle_deadline = asyncio.get_running_loop().time() + 60
+    assert not operator.webhook_ready()  # not listed yet
+    operator.expected = {("serving", "a"), ("serving", "b"), ("serving", "gone")}
     spec = {"targetRef": {"name": "vllm"}, "budget": {"min": 1, "max": 8, "sink": {"type": "env",
             "name": "M"}}, "quality": {"emTarget": 0.8, "emFloor": 0.7}}  # fmt: skip
-    meet(services.runtime("serving", "a"), spec, None)
-    assert services.runtimes["serving", "a"].target is not None  # matchable before its tick
-    meet(services.runtime("serving", "b"), {"budget": "invalid"}, None)  # met, not matchable
-    assert services.runtimes["serving", "b"].target is None
-    assert not services.webhook_ready()
-    await services.forget("serving", "gone")  # deleted before its daemon started
-    assert services.webhook_ready()
+    meet(operator.mailbox("serving", "a"), spec, None)
+    assert operator.mailboxes["serving", "a"].target is not None  # matchable before its tick
+    meet(operator.mailbox("serving", "b"), {"budget": "invalid"}, None)  # met, not matchable
+    assert operator.mailboxes["serving", "b"].target is None
+    assert not operator.webhook_ready()
+    await operator.forget("serving", "gone")  # deleted before its daemon started
+    assert operator.webhook_ready()
 
 
 async def test_the_webhook_stops_waiting_at_the_deadline() -> None:
-    services = Services(
+    operator = Operator(
         settings=Settings(),
         kube=None,
         reader=None,
         metrics=OperatorMetrics(),  # type: ignore[arg-type]
     )
-    services.expected = {("serving", "never-met")}
-    services.settle_deadline = asyncio.get_running_loop().time() + 60
-    assert not services.webhook_ready()
-    services.settle_deadline = asyncio.get_running_loop().time() - 1
-    assert services.webhook_ready()
+    operator.expected = {("serving", "never-met")}
+    operator.settle_deadline = asyncio.get_running_loop().time() + 60
+    assert not operator.webhook_ready()
+    operator.settle_deadline = asyncio.get_running_loop().time() - 1
+    assert operator.webhook_ready()
 
 
 async def test_close_waits_for_the_ticks_in_flight_and_starts_no_more() -> None:
@@ -207,7 +218,7 @@ async def test_close_waits_for_the_ticks_in_flight_and_starts_no_more() -> None:
         def close(self) -> None:
             closed.append("prometheus")
 
-    services = Services(
+    operator = Operator(
         settings=Settings(),
         kube=Client(),
         reader=Reader(),
@@ -216,7 +227,7 @@ async def test_close_waits_for_the_ticks_in_flight_and_starts_no_more() -> None:
     entered, release = asyncio.Event(), asyncio.Event()
 
     async def tick() -> None:
-        async with services.ticking() as open_:
+        async with operator.ticking() as open_:
             assert open_
             entered.set()
             await release.wait()
@@ -224,9 +235,9 @@ async def test_close_waits_for_the_ticks_in_flight_and_starts_no_more() -> None:
 
     running = asyncio.create_task(tick())
     await entered.wait()
-    closing = asyncio.create_task(services.close())
+    closing = asyncio.create_task(operator.close())
     await asyncio.sleep(0)
-    async with services.ticking() as open_:
+    async with operator.ticking() as open_:
         assert not open_  # no new tick once closing
     release.set()
     await asyncio.gather(running, closing)
@@ -236,7 +247,7 @@ async def test_close_waits_for_the_ticks_in_flight_and_starts_no_more() -> None:
 def test_an_audit_request_already_consumed_is_not_a_new_one() -> None:
     """The watched object can still show the annotation for a tick after the operator removed
     it (seen on the real API server: a manual audit ran twice)."""
-    runtime = Runtime("serving", "p")
+    runtime = PolicyMailbox("serving", "p")
     asked = {api.ANNOTATION_AUDIT_REQUESTED: "please", "other": "kept"}
     assert runtime.requests_in(asked) == asked  # a new request
     runtime.consumed_request = "please"  # the tick started its audit and removed it
