@@ -70,11 +70,9 @@ from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from unittest import mock
 
 import aiohttp.web
 
-from stopbudget.devkit import emulator as emulator_module
 from stopbudget.devkit.emulator import Emulator, ThreadedCluster, emulated_cluster_in_thread
 from stopbudget.devkit.exporter import EngineExporter
 from stopbudget.devkit.servers import DevPrometheus, free_port, missing_binaries
@@ -263,10 +261,7 @@ class CountingEmulator(Emulator):
 @contextlib.contextmanager
 def counting_cluster(directory: Path) -> Iterator[ThreadedCluster]:
     """``emulated_cluster_in_thread(record=False)`` with a :class:`CountingEmulator`."""
-    with contextlib.ExitStack() as stack:
-        # The emulator is built when the cluster starts; only then is the name looked up.
-        with mock.patch.object(emulator_module, "Emulator", CountingEmulator):
-            cluster = stack.enter_context(emulated_cluster_in_thread(directory, record=False))
+    with emulated_cluster_in_thread(directory, record=False, factory=CountingEmulator) as cluster:
         yield cluster
 
 

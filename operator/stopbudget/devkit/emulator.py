@@ -686,12 +686,16 @@ class Cluster:
 
 
 @contextlib.asynccontextmanager
-async def emulated_cluster(directory: Path, *, record: bool = True) -> AsyncIterator[Cluster]:
+async def emulated_cluster(
+    directory: Path, *, record: bool = True, factory: Callable[[], Emulator] = Emulator
+) -> AsyncIterator[Cluster]:
     """Run the emulator on 127.0.0.1 (a free port) in this loop; write ``directory/kubeconfig``.
 
-    ``record=False`` is for long runs: see :attr:`Emulator.record`.
+    ``record=False`` is for long runs: see :attr:`Emulator.record`.  ``factory`` builds the
+    emulator: a subclass that measures or changes something (the operator benchmark counts
+    requests) is passed here.
     """
-    emulator = Emulator()
+    emulator = factory()
     emulator.record = record
     async with emulator, kmock.Server(emulator, host="127.0.0.1") as server:
         # Without the bundled built-in resources kopf never starts watching (no v1 events).
@@ -785,15 +789,16 @@ class ThreadedCluster:
 
 @contextlib.contextmanager
 def emulated_cluster_in_thread(
-    directory: Path, *, record: bool = True
+    directory: Path, *, record: bool = True, factory: Callable[[], Emulator] = Emulator
 ) -> Iterator[ThreadedCluster]:
-    """Run the emulator in a background thread with its own event loop, for synchronous code."""
+    """Run the emulator in a background thread with its own event loop, for synchronous code
+    (``record`` and ``factory`` as for :func:`emulated_cluster`)."""
     loop = asyncio.new_event_loop()
     started: concurrent.futures.Future[Cluster] = concurrent.futures.Future()
     stop = asyncio.Event()
 
     async def serve() -> None:
-        async with emulated_cluster(directory, record=record) as cluster:
+        async with emulated_cluster(directory, record=record, factory=factory) as cluster:
             started.set_result(cluster)
             await stop.wait()
 
