@@ -36,6 +36,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Protocol
 
 TRACE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 GRADES = {"A": True, "B": False, "C": False}
@@ -227,6 +228,16 @@ def _setting_budget(name: str) -> int | None:
     return int(match.group(1)) if match.group(1) is not None else 0
 
 
+class _Lines(Protocol):
+    """A csv reader, for the number of the line it read last."""
+
+    line_num: int
+
+
+#: Per budget level: the setting's name, its grading column and its tokens column.
+_Settings = dict[int, tuple[str, int, int]]
+
+
 def parse_quality(lines: Iterable[str], source: str = "quality") -> QualityTable:
     """A quality table from CSV text lines; :class:`InputError` names line and column."""
     reader = csv.reader(lines)
@@ -237,87 +248,9 @@ def parse_quality(lines: Iterable[str], source: str = "quality") -> QualityTable
                 source, 1, None, "missing column id: the first column names each question"
             )
         id_col = header.index("id")
-        settings: dict[int, tuple[str, int, int]] = {}
-        for col, name in enumerate(header):
-            for prefix in ("grading_", "reasoning_tokens_"):
-                if not name.startswith(prefix):
-                    continue
-                setting = name.removeprefix(prefix)
-                budget = _setting_budget(setting)
-                if budget is None:
-                    raise InputError(
-                        source,
-                        1,
-                        col + 1,
-                        f"column {name!r}: setting {setting!r} is neither no_think nor "
-                        "budget<N> (e.g. budget512)",
-                    )
-                partner = ("reasoning_tokens_" if prefix == "grading_" else "grading_") + setting
-                if partner not in header:
-                    raise InputError(
-                        source, 1, col + 1, f"column {name!r} has no partner column {partner!r}"
-                    )
-                if prefix == "grading_":
-                    if budget in settings:
-                        raise InputError(
-                            source,
-                            1,
-                            col + 1,
-                            f"column {name!r}: budget {budget} is already given by "
-                            f"grading_{settings[budget][0]}",
-                        )
-                    settings[budget] = (setting, col, header.index(partner))
-        if not settings:
-            raise InputError(
-                source,
-                1,
-                None,
-                "no settings: expected columns grading_<S> and reasoning_tokens_<S> with S "
-                "no_think or budget<N>",
-            )
+        settings = _quality_settings(source, header)
         levels = sorted(settings)
-        width = max(max(g, t) for _, g, t in settings.values()) + 1
-        width = max(width, id_col + 1)
-        ids: list[str] = []
-        correct: list[list[bool]] = [[] for _ in levels]
-        tokens: list[list[int]] = [[] for _ in levels]
-        seen: dict[str, int] = {}
-        for row in rows:
-            line = reader.line_num
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if len(row) < width:
-                raise InputError(
-                    source,
-                    line,
-                    len(row) + 1,
-                    f"{header[len(row)]} is missing: the row has {len(row)} field(s), "
-                    f"expected {len(header)}",
-                )
-            qid = row[id_col].strip()
-            if not qid:
-                raise InputError(source, line, id_col + 1, "id is empty")
-            if qid in seen:
-                raise InputError(
-                    source, line, id_col + 1, f"id {qid!r} is repeated (first on line {seen[qid]})"
-                )
-            seen[qid] = line
-            ids.append(qid)
-            for i, budget in enumerate(levels):
-                setting, g_col, t_col = settings[budget]
-                grade = row[g_col].strip()
-                if grade not in GRADES:
-                    raise InputError(
-                        source,
-                        line,
-                        g_col + 1,
-                        f"grading_{setting} {row[g_col]!r} is not A (correct), B (wrong) or "
-                        "C (not attempted)",
-                    )
-                correct[i].append(GRADES[grade])
-                tokens[i].append(
-                    _whole(source, line, t_col + 1, f"reasoning_tokens_{setting}", row[t_col])
-                )
+        ids, correct, tokens = _quality_rows(source, reader, rows, header, id_col, settings)
     except csv.Error as exc:
         raise InputError(source, reader.line_num, None, f"not valid CSV: {exc}") from None
     if not ids:
@@ -333,6 +266,103 @@ def parse_quality(lines: Iterable[str], source: str = "quality") -> QualityTable
 
 
 # --------------------------------------------------------------------------- files
+
+
+def _quality_settings(source: str, header: list[str]) -> _Settings:
+    """The budget levels of a quality header: grading_<S> and reasoning_tokens_<S> pairs."""
+    settings: _Settings = {}
+    for col, name in enumerate(header):
+        for prefix in ("grading_", "reasoning_tokens_"):
+            if not name.startswith(prefix):
+                continue
+            setting = name.removeprefix(prefix)
+            budget = _setting_budget(setting)
+            if budget is None:
+                raise InputError(
+                    source,
+                    1,
+                    col + 1,
+                    f"column {name!r}: setting {setting!r} is neither no_think nor "
+                    "budget<N> (e.g. budget512)",
+                )
+            partner = ("reasoning_tokens_" if prefix == "grading_" else "grading_") + setting
+            if partner not in header:
+                raise InputError(
+                    source, 1, col + 1, f"column {name!r} has no partner column {partner!r}"
+                )
+            if prefix == "grading_":
+                if budget in settings:
+                    raise InputError(
+                        source,
+                        1,
+                        col + 1,
+                        f"column {name!r}: budget {budget} is already given by "
+                        f"grading_{settings[budget][0]}",
+                    )
+                settings[budget] = (setting, col, header.index(partner))
+    if not settings:
+        raise InputError(
+            source,
+            1,
+            None,
+            "no settings: expected columns grading_<S> and reasoning_tokens_<S> with S "
+            "no_think or budget<N>",
+        )
+    return settings
+
+
+def _quality_rows(
+    source: str,
+    reader: _Lines,
+    rows: Iterable[list[str]],
+    header: list[str],
+    id_col: int,
+    settings: _Settings,
+) -> tuple[list[str], list[list[bool]], list[list[int]]]:
+    """The question ids, and per level whether each answer was right and its tokens."""
+    levels = sorted(settings)
+    width = max(max(max(g, t) for _, g, t in settings.values()) + 1, id_col + 1)
+    ids: list[str] = []
+    correct: list[list[bool]] = [[] for _ in levels]
+    tokens: list[list[int]] = [[] for _ in levels]
+    seen: dict[str, int] = {}
+    for row in rows:
+        line = reader.line_num
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        if len(row) < width:
+            raise InputError(
+                source,
+                line,
+                len(row) + 1,
+                f"{header[len(row)]} is missing: the row has {len(row)} field(s), "
+                f"expected {len(header)}",
+            )
+        qid = row[id_col].strip()
+        if not qid:
+            raise InputError(source, line, id_col + 1, "id is empty")
+        if qid in seen:
+            raise InputError(
+                source, line, id_col + 1, f"id {qid!r} is repeated (first on line {seen[qid]})"
+            )
+        seen[qid] = line
+        ids.append(qid)
+        for i, budget in enumerate(levels):
+            setting, g_col, t_col = settings[budget]
+            grade = row[g_col].strip()
+            if grade not in GRADES:
+                raise InputError(
+                    source,
+                    line,
+                    g_col + 1,
+                    f"grading_{setting} {row[g_col]!r} is not A (correct), B (wrong) or "
+                    "C (not attempted)",
+                )
+            correct[i].append(GRADES[grade])
+            tokens[i].append(
+                _whole(source, line, t_col + 1, f"reasoning_tokens_{setting}", row[t_col])
+            )
+    return ids, correct, tokens
 
 
 def _read(path: Path) -> Sequence[str]:

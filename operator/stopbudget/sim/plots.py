@@ -67,6 +67,12 @@ def write_plots(comparison: Comparison, out: Path) -> list[Path]:
     """Write the PNGs into ``out``; :class:`PlotsUnavailableError` without matplotlib."""
     plt = _pyplot()
     out.mkdir(parents=True, exist_ok=True)
+    return [_timeline(plt, comparison, out / "timeline.png"),
+            _frontier(plt, comparison, out / "frontier.png")]  # fmt: skip
+
+
+def _timeline(plt: Any, comparison: Comparison, path: Path) -> Path:
+    """Load, pressure, budget and EM over time, one line per strategy."""
     spec = comparison.spec
     interval = comparison.workload.interval
     minutes = [k * interval / 60 for k in range(comparison.workload.intervals)]
@@ -95,10 +101,14 @@ def write_plots(comparison: Comparison, out: Path) -> list[Path]:
     em.set_xlabel("simulated minutes")
     budget.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
     fig.tight_layout()
-    timeline = out / "timeline.png"
-    fig.savefig(timeline, dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+    return path
 
+
+def _frontier(plt: Any, comparison: Comparison, path: Path) -> Path:
+    """Tokens per request against EM: the static budgets' frontier and each strategy."""
+    spec = comparison.spec
     fig, ax = plt.subplots(figsize=(8, 6))
     statics = [r for r in comparison.runs if r.name.startswith("static-")]
     if statics:
@@ -136,7 +146,6 @@ def write_plots(comparison: Comparison, out: Path) -> list[Path]:
     ax.set_title("Tokens against EM (dashed: emTarget, emFloor)")
     ax.legend(fontsize="small")
     fig.tight_layout()
-    frontier = out / "frontier.png"
-    fig.savefig(frontier, dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return [timeline, frontier]
+    return path
