@@ -49,18 +49,19 @@ def _serve(conn: Connection, policies: int, token_file: str) -> None:
     """The operator's side: both servers on one loop; sends the two ports, runs until killed."""
     from stopbudget.clients import endpoints, webhook
     from stopbudget.clients.metrics import OperatorMetrics
+    from stopbudget.core.audits import alerts
 
     logging.basicConfig(level=logging.INFO, filename=os.devnull)
     targets = [
-        webhook.PolicyTarget(f"ns{i % 10}", f"policy{i}")
+        alerts.PolicyTarget(f"ns{i % 10}", f"policy{i}")
         if i % 2 == 0
-        else webhook.PolicyTarget(
+        else alerts.PolicyTarget(
             f"ns{i % 10}", f"policy{i}", match_labels={"team": f"team{i}", "model": "m"}
         )
         for i in range(policies)
     ]
 
-    async def on_alerts(update: webhook.PolicyAlerts) -> None:
+    async def on_alerts(update: alerts.PolicyAlerts) -> None:
         return None
 
     async def main() -> None:

@@ -43,17 +43,11 @@ from stopbudget.clients.webhook import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_PATH,
     RECEIVER,
-    PolicyAlerts,
     create_app,
 )
-from tests.test_alerts import (
-    EDGES_OF_UTC,
-    OUT_OF_UTC,
-    TARGETS,
-    TOKEN,
-    Served,
-    threaded_server,
-)
+from stopbudget.core.audits.alerts import PolicyAlerts
+from tests.test_alerts import EDGES_OF_UTC, OUT_OF_UTC, TARGETS
+from tests.test_webhook import TOKEN, Served, threaded_server
 
 SEED = 15
 REQUESTS = 10_000

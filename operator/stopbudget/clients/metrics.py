@@ -4,7 +4,7 @@ Names follow the Prometheus conventions: the ``stopbudget_`` prefix, units in
 the name (``_tokens``, ``_seconds``, ``_ratio``), ``_total`` for counters.
 Every per-policy series carries the labels ``namespace`` and ``stoppolicy``,
 the same labels alert rules put on their alerts so that Alertmanager can route
-an alert back to the policy's audit (see ``audits/alerts.py``).
+an alert back to the policy's audit (see ``core/audits/alerts.py``).
 
 The chart's alert rules and dashboard may only use names listed here (or the
 presets' engine series); a test checks that against :data:`NAMES`.

@@ -17,7 +17,8 @@ from datetime import datetime
 from typing import Any
 
 from stopbudget import api
-from stopbudget.clients import audit_runner, webhook
+from stopbudget.clients import audit_runner
+from stopbudget.core.audits import alerts
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,9 @@ class PolicyMailbox:
     #: than the watched object's.
     status: dict[str, Any] | None = None
     audit_task: asyncio.Task[AuditReport] | None = None
-    alert_updates: list[webhook.PolicyAlerts] = field(default_factory=list)
+    alert_updates: list[alerts.PolicyAlerts] = field(default_factory=list)
     #: The policy as the Alertmanager webhook sees it (refreshed every tick).
-    target: webhook.PolicyTarget | None = None
+    target: alerts.PolicyTarget | None = None
     #: This process has met the policy (its loop started): see Operator.webhook_ready.
     met: bool = False
     #: The value of the audit-request annotation this process removed when its audit
@@ -95,7 +96,7 @@ class PolicyMailbox:
             raise exc
         return task.result()
 
-    def take_alert_updates(self) -> list[webhook.PolicyAlerts]:
+    def take_alert_updates(self) -> list[alerts.PolicyAlerts]:
         updates, self.alert_updates = self.alert_updates, []
         return updates
 

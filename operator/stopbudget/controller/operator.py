@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from stopbudget.clients import webhook
 from stopbudget.clients.kube import Kube
 from stopbudget.clients.metrics import OperatorMetrics
 from stopbudget.clients.prometheus import PrometheusReader
 from stopbudget.clients.settings import Settings
 from stopbudget.controller.mailbox import PolicyMailbox
+from stopbudget.core.audits import alerts
 
 #: Seconds a stopping operator waits for the ticks in flight before closing its clients.
 CLOSE_WAIT = 10.0
@@ -103,11 +103,11 @@ class Operator:
             await mailbox.stop_audit()
         self.metrics.forget(namespace, name)
 
-    def targets(self) -> list[webhook.PolicyTarget]:
+    def targets(self) -> list[alerts.PolicyTarget]:
         """The policies as the Alertmanager webhook matches them."""
         return [m.target for m in self.mailboxes.values() if m.target is not None]
 
-    async def on_alerts(self, update: webhook.PolicyAlerts) -> None:
+    async def on_alerts(self, update: alerts.PolicyAlerts) -> None:
         """The webhook's callback: hand the update to the policy's next tick, now."""
         mailbox = self.mailboxes.get(update.key)
         if mailbox is None:  # deleted meanwhile

@@ -34,13 +34,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from stopbudget import api
-from stopbudget.clients import webhook
 from stopbudget.clients.kube import KubeError, PatchConflict, TargetNotFound
 from stopbudget.controller import audits, exports
 from stopbudget.controller.mailbox import PolicyMailbox
 from stopbudget.controller.operator import Operator
 from stopbudget.core import curve, law, sinks
-from stopbudget.core.audits import schedule
+from stopbudget.core.audits import alerts, schedule
 from stopbudget.core.status import (
     REBUILT,
     Event,
@@ -195,7 +194,7 @@ def meet(
     spec = parse_spec(raw_spec)
     if not isinstance(spec, str):
         records = read_status(raw_status).status.alerts
-        mailbox.target = webhook.PolicyTarget.from_spec(
+        mailbox.target = alerts.PolicyTarget.from_spec(
             mailbox.namespace, mailbox.name, spec, records
         )
     mailbox.met = True
@@ -231,10 +230,10 @@ def take_arrivals(
         if update.trigger_audit:
             audit_state = schedule.request(audit_state, api.AuditTrigger.ALERT)
         events.append(Event("Normal", "AlertReceived", update.reason))
-    alerts = tuple(webhook.expire(records, now))
-    firing = webhook.firing(alerts, now)
-    mailbox.target = webhook.PolicyTarget.from_spec(mailbox.namespace, mailbox.name, spec, alerts)
-    names = tuple(r.alertname or r.fingerprint for r in alerts if r.status == "firing")
+    kept = tuple(alerts.expire(records, now))
+    firing = alerts.firing(kept, now)
+    mailbox.target = alerts.PolicyTarget.from_spec(mailbox.namespace, mailbox.name, spec, kept)
+    names = tuple(r.alertname or r.fingerprint for r in kept if r.status == "firing")
     last_audit, points, source = old.last_audit, list(old.curve), old.curve_source
     report = mailbox.finished_audit()
     if report is not None:
@@ -247,7 +246,7 @@ def take_arrivals(
             points, source = done.measured.to_status(), api.CurveSource.AUDIT
         events.append(done.event)
     in_use = curve.in_use(points, source, spec.quality.prior, spec.quality.confidence)
-    return Arrivals(alerts, names if firing else (), audit_state, last_audit, in_use, tuple(events))
+    return Arrivals(kept, names if firing else (), audit_state, last_audit, in_use, tuple(events))
 
 
 # ============================================================================ 3. the sink
