@@ -15,6 +15,7 @@ Each runs on both Kubernetes backends (the `cluster` fixture, tests/clusters.py)
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from stopbudget.controller.tick import first_delay
 from stopbudget.core.curve import wilson_lower
 from stopbudget.devkit import servers
 from tests.clusters import Cluster
+from tests.conftest import wait_for
 from tests.openai_server import MODEL, Canned, ThreadedOpenAIServer, reply
 
 pytestmark = pytest.mark.servers
@@ -214,6 +216,66 @@ def test_a_failed_audit_keeps_the_previous_curve(
         degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
         assert degraded["status"] == "True"
         cluster.wait_for_event(cluster.ns, "chat", "AuditFailed")
+    assert runner.exception is None, runner.output
+
+
+def test_live_em_below_the_floor_starts_a_quality_guard_audit(
+    cluster: Cluster,
+    model_server: tuple[Any, dict[int, int], list[dict[str, Any]]],
+    prometheus_server: servers.DevPrometheus,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The quality guard's audit is recorded with its own trigger (issue 10): in
+    status.lastAudit, its Events and stopbudget_audit_runs_total."""
+    server, _, items = model_server
+    port = servers.free_port()
+    _env(monkeypatch, cluster, prometheus_server.url, port)
+    cluster.create(_deployment(cluster.ns))
+    cluster.create(_configmap(cluster.ns, items))
+    policy = _policy(cluster.ns, server.url)
+    policy["spec"]["quality"]["query"] = "vector(0.1)"  # live EM 0.1, below emFloor 0.4
+    with KopfRunner(OPERATOR, timeout=60) as runner:
+        cluster.create(policy)
+        # While live EM stays low the guard asks again on the tick that records its audit,
+        # so status shows the next one Running: its trigger is what is recorded.
+        obj = cluster.wait_for(
+            *SP,
+            cluster.ns,
+            "chat",
+            lambda o: (_status(o).get("lastAudit") or {}).get("trigger") == "quality-guard",
+            within=30,
+        )
+        assert "the quality guard asked for it" in _status(obj)["lastAudit"]["message"]
+
+        def events(reason: str, prefix: str) -> bool:
+            return any(
+                e.get("reason") == reason
+                and (e.get("involvedObject") or {}).get("name") == "chat"
+                and str(e.get("message")).startswith(prefix)
+                for e in cluster.events(cluster.ns)
+            )
+
+        wait_for(
+            lambda: events("AuditStarted", "quality-guard audit starts: the quality guard"),
+            what="the quality-guard AuditStarted Event",
+        )
+        wait_for(
+            lambda: events("AuditSucceeded", "quality-guard audit: EM by budget"),
+            what="the quality-guard AuditSucceeded Event",
+        )
+        text = _metrics(port)
+        runs = f'stopbudget_audit_runs_total{{namespace="{cluster.ns}",result="Succeeded",'
+        # No evidence at first: the guard acts once the first (spec-change) audit is in.
+        assert f'{runs}stoppolicy="chat",trigger="spec-change"}} 1.0' in text
+        guard = r'stoppolicy="chat",trigger="quality-guard"\} (\S+)'
+        counted = re.search(re.escape(runs) + guard, text)
+        assert counted is not None, text
+        assert float(counted.group(1)) >= 1
+        assert f'{runs}stoppolicy="chat",trigger="alert"}} 0.0' in text  # none labelled alert
+        assert (
+            f'stopbudget_audit_runs_total{{namespace="{cluster.ns}",result="Failed",'
+            'stoppolicy="chat",trigger="quality-guard"} 0.0'
+        ) in text  # pre-created at 0 for alert rules, as for every trigger
     assert runner.exception is None, runner.output
 
 

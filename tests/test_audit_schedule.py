@@ -39,8 +39,9 @@ TODAY_3AM = datetime(2024, 1, 10, 3, 0, tzinfo=UTC)
 TOMORROW_3AM = datetime(2024, 1, 11, 3, 0, tzinfo=UTC)
 REQUESTED = {ANNOTATION_AUDIT_REQUESTED: "please"}
 
-ALERT, MANUAL, SPEC, SCHED = (
+ALERT, GUARD, MANUAL, SPEC, SCHED = (
     AuditTrigger.ALERT,
+    AuditTrigger.QUALITY_GUARD,
     AuditTrigger.MANUAL,
     AuditTrigger.SPEC_CHANGE,
     AuditTrigger.SCHEDULE,
@@ -222,6 +223,50 @@ CASES = [
         pressure=2.0,
         reason="(also due: manual, spec-change, schedule)",
         due=(ALERT, MANUAL, SPEC, SCHED),
+    ),
+    Case(
+        "quality guard",
+        Action.START,
+        GUARD,
+        state=request(SETTLED, GUARD),
+        reason="quality-guard audit starts: the quality guard asked for it: live EM below emFloor",
+    ),
+    Case(
+        "quality guard under pressure is never deferred",
+        Action.START,
+        GUARD,
+        state=request(SETTLED, GUARD),
+        pressure=5.0,
+    ),
+    Case(
+        "quality guard while running: waits",
+        Action.WAIT,
+        GUARD,
+        state=request(SETTLED, GUARD),
+        running=True,
+        reason="quality-guard audit waits for the running audit to end",
+    ),
+    Case(
+        "alert and quality guard: labelled alert, both consumed",
+        Action.START,
+        ALERT,
+        state=request(request(SETTLED, GUARD), ALERT),
+        pressure=3.0,
+        reason="(also due: quality-guard)",
+        due=(ALERT, GUARD),
+    ),
+    Case(
+        "quality guard beats manual, spec-change and schedule, under pressure too",
+        Action.START,
+        GUARD,
+        audit=make_audit(seed=7),
+        state=request(SETTLED, GUARD),
+        now=TOMORROW_3AM + timedelta(hours=1),
+        annotations=REQUESTED,
+        remove_annotation=True,
+        pressure=2.0,
+        reason="(also due: manual, spec-change, schedule)",
+        due=(GUARD, MANUAL, SPEC, SCHED),
     ),
     Case(
         "manual beats spec-change and schedule",
@@ -438,6 +483,22 @@ def test_other_timezones_are_converted() -> None:
 def test_request_keeps_precedence_order_and_is_idempotent() -> None:
     state = request(request(request(None, SCHED), ALERT), ALERT)
     assert state.pending == [ALERT, SCHED]
+    state = request(request(request(state, MANUAL), GUARD), GUARD)
+    assert state.pending == [ALERT, GUARD, MANUAL, SCHED]
+
+
+def test_every_trigger_has_its_place_in_the_precedence() -> None:
+    """A trigger missing from PRECEDENCE would be dropped by request(): never lost."""
+    assert sorted(PRECEDENCE) == sorted(AuditTrigger)
+    assert len(set(PRECEDENCE)) == len(PRECEDENCE)
+    assert PRECEDENCE[:2] == (ALERT, GUARD)  # quality-guard is as urgent as an alert
+    assert GUARD not in DEFERRABLE
+    state = AuditScheduleState()
+    for trigger in AuditTrigger:
+        state = request(state, trigger)
+    wire = state.model_dump(mode="json", by_alias=True)
+    assert wire["pending"] == [t.value for t in PRECEDENCE]
+    assert AuditScheduleState.model_validate(wire) == state  # within maxItems
 
 
 def test_state_round_trips_through_status_json() -> None:
@@ -506,6 +567,7 @@ class Step:
     pressure: float | None
     annotate: bool
     alert: bool
+    guard: bool
     finish: bool
     change_spec: bool
 
@@ -520,6 +582,7 @@ steps = st.builds(
     pressure=st.sampled_from([None, 0.0, 0.9, 1.0, 1.2, 3.0]),
     annotate=st.integers(0, 7).map(lambda i: i == 0),
     alert=st.integers(0, 7).map(lambda i: i == 0),
+    guard=st.integers(0, 7).map(lambda i: i == 0),
     finish=st.integers(0, 3).map(lambda i: i != 0),
     change_spec=st.integers(0, 9).map(lambda i: i == 0),
 )
@@ -553,6 +616,8 @@ def test_properties_over_a_run_of_ticks(
             annotations[ANNOTATION_AUDIT_REQUESTED] = "1"
         if step.alert:
             state = request(state, ALERT)
+        if step.guard:
+            state = request(state, GUARD)
         if step.change_spec:
             seed += 1
             audit = audit.model_copy(update={"seed": seed})
@@ -574,12 +639,13 @@ def test_properties_over_a_run_of_ticks(
         # Never two at once.
         if running:
             assert d.action is not Action.START
-        # Alert-driven and manual audits are never deferred.
+        # Alert-driven, guard-driven and manual audits are never deferred.
         if d.action is Action.DEFER:
             assert d.trigger in DEFERRABLE
             assert ALERT not in d.due
+            assert GUARD not in d.due
             assert MANUAL not in d.due
-        if not running and (ALERT in d.due or MANUAL in d.due):
+        if not running and (ALERT in d.due or GUARD in d.due or MANUAL in d.due):
             assert d.action is Action.START
         if d.trigger is not None:
             assert d.trigger == min(d.due, key=PRECEDENCE.index)

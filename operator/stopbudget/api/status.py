@@ -83,6 +83,8 @@ class AuditTrigger(StrEnum):
     MANUAL = "manual"
     ALERT = "alert"
     SPEC_CHANGE = "spec-change"
+    #: The control law's quality guard: live EM below emFloor.
+    QUALITY_GUARD = "quality-guard"
 
 
 class AuditResult(StrEnum):
@@ -96,7 +98,9 @@ class LastAudit(_Model):
     """The most recent audit."""
 
     time: datetime = Field(description="When it started.")
-    trigger: AuditTrigger = Field(description="schedule, manual, alert or spec-change.")
+    trigger: AuditTrigger = Field(
+        description="schedule, manual, alert, spec-change or quality-guard (live EM below emFloor)."
+    )
     result: AuditResult = Field(description="Succeeded, Failed, Deferred or Running.")
     message: str = Field("", max_length=4096, description="Outcome in one line.")
 
@@ -141,9 +145,10 @@ class AuditScheduleState(_Model):
     )
     pending: list[AuditTrigger] = Field(
         default_factory=list,
-        max_length=4,
+        max_length=len(AuditTrigger),
         json_schema_extra=_LIST_SET,
-        description="Triggers requested by events (a firing alert) and not yet started.",
+        description="Triggers requested by events (a firing alert, the quality guard) and not "
+        "yet started.",
     )
 
 

@@ -424,7 +424,7 @@ def plan_audits(
 ) -> Planned:
     audit_state = arrived.audit_state
     if acted.decision is not None and acted.decision.request_audit and spec.audit is not None:
-        audit_state = schedule.request(audit_state, api.AuditTrigger.ALERT)
+        audit_state = schedule.request(audit_state, api.AuditTrigger.QUALITY_GUARD)
     observation = acted.observation
     plan = schedule.decide(
         spec.audit,

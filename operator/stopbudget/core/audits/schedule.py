@@ -10,8 +10,10 @@ Per tick the operator calls :func:`decide` and acts on the
 :class:`ScheduleDecision`:
 
 * **Triggers** and their precedence (highest first): ``alert`` (queued in
-  ``state.pending`` by the webhook through :func:`request`), ``manual`` (the
-  annotation ``stopbudget.io/audit-requested`` is present, whatever its value),
+  ``state.pending`` by the webhook through :func:`request`), ``quality-guard``
+  (queued the same way by the tick when the control law's quality guard asks for
+  one: live EM below emFloor), ``manual`` (the annotation
+  ``stopbudget.io/audit-requested`` is present, whatever its value),
   ``spec-change`` (the hash of the measurement fields of ``spec.audit``,
   :func:`audit_spec_hash`, differs from ``state.specHash``; a policy whose audit
   section is new counts as changed) and ``schedule`` (a cron slot fell in
@@ -27,8 +29,8 @@ Per tick the operator calls :func:`decide` and acts on the
 * **Deferral**: with ``deferUnderPressure`` the automatic triggers
   (``schedule``, ``spec-change``) wait while pressure > 1, at most
   ``maxDeferral`` from the first deferral; then the audit runs anyway and the
-  reason says so.  ``alert`` and ``manual`` are never deferred.  Unknown
-  pressure (no metrics) does not defer.
+  reason says so.  ``alert``, ``quality-guard`` and ``manual`` are never
+  deferred.  Unknown pressure (no metrics) does not defer.
 * **Starting** consumes everything due: the pending triggers, the due cron slot
   (``lastScheduleTime`` becomes the latest slot <= now), the spec hash, and
   the annotation (the decision tells the caller to remove it).
@@ -59,8 +61,14 @@ from stopbudget.api import (
 MISSED_RUNS_CAP = 100
 
 #: Trigger precedence, highest first: the trigger an audit is labelled with when several are due.
+#: ``quality-guard`` is as urgent as ``alert`` (neither is ever deferred; precedence only
+#: picks the label) and comes right after it: an alert may be the same quality drop seen
+#: by a Prometheus rule, so an audit both asked for stays labelled ``alert``, as it was
+#: before the guard had a trigger of its own; and it goes before ``manual``, because the
+#: guard's audit would have run whether or not someone asked for one too.
 PRECEDENCE: tuple[AuditTrigger, ...] = (
     AuditTrigger.ALERT,
+    AuditTrigger.QUALITY_GUARD,
     AuditTrigger.MANUAL,
     AuditTrigger.SPEC_CHANGE,
     AuditTrigger.SCHEDULE,
@@ -261,6 +269,8 @@ def decide(
     why: dict[AuditTrigger, str] = dict.fromkeys(state.pending, "requested")
     if AuditTrigger.ALERT in why:
         why[AuditTrigger.ALERT] = "a firing alert asked for it"
+    if AuditTrigger.QUALITY_GUARD in why:
+        why[AuditTrigger.QUALITY_GUARD] = "the quality guard asked for it: live EM below emFloor"
     if manual:
         why[AuditTrigger.MANUAL] = f"requested by the annotation {ANNOTATION_AUDIT_REQUESTED}"
     if state.spec_hash != spec_hash:
