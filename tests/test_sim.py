@@ -10,6 +10,7 @@ import itertools
 import math
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 from stopbudget import api
 from stopbudget.cli import simulate as simulate_command
 from stopbudget.core import law
+from stopbudget.core.audits import schedule
 from stopbudget.core.law import State
 from stopbudget.sim import strategies
 from stopbudget.sim.engine import Comparison, Options, PolicyError, simulate
@@ -78,7 +80,7 @@ POLICY: dict[str, Any] = {
             "model": "m",
             "dataset": {"configMapRef": {"name": "golden"}},
             "budgets": [256, 512, 1024, 2048],
-            "sampleSize": 200,
+            "sampleSize": 400,
         },
     },
 }
@@ -349,17 +351,95 @@ def test_budgets_without_evidence_are_noted(trace: Trace) -> None:
     assert c.run("static-512").summary.em == 1.0
 
 
-def test_audits_follow_the_cron_schedule_on_the_simulated_clock() -> None:
-    from datetime import UTC, datetime
+def _audit_starts(
+    trace: Trace, quality: QualityTable, doc: dict[str, Any], options: Options
+) -> list[tuple[float, api.AuditTrigger]]:
+    only = dataclasses.replace(options, only=("stopbudget",))
+    run = simulate(trace, quality, _spec(doc), only).run("stopbudget")
+    return [(a.started, a.trigger) for a in run.audits]
 
-    from stopbudget.sim.engine import _audit_times
 
+SPEC_CHANGE, SCHEDULE, GUARD = (
+    api.AuditTrigger.SPEC_CHANGE,
+    api.AuditTrigger.SCHEDULE,
+    api.AuditTrigger.QUALITY_GUARD,
+)
+
+
+def test_audits_follow_the_cron_schedule_on_the_simulated_clock(
+    trace: Trace, quality: QualityTable
+) -> None:
+    """The operator's scheduler on the simulated clock: the policy is created at the first
+    arrival (18:15:46.68) and audited at once (spec-change); the slots of a */1 schedule
+    fall 13.32 s into each simulated minute, and each starts an audit on the first 10 s
+    tick at or after it."""
+    assert trace.start == datetime(2023, 11, 16, 18, 15, 46, 680590, tzinfo=UTC)
     doc = copy.deepcopy(POLICY)
     doc["spec"]["audit"]["schedule"] = "*/1 * * * *"
-    start = datetime(2023, 11, 16, 18, 15, 46, tzinfo=UTC)
-    assert _audit_times(_spec(doc), Options(), start, 200.0) == [14.0, 74.0, 134.0, 194.0]
-    assert _audit_times(_spec(doc), Options(audit_every_s=90.0), start, 200.0) == [90.0, 180.0]
-    assert _audit_times(_spec(), Options(), start, 200.0) == []  # no schedule: no audits
+    doc["spec"]["audit"]["deferUnderPressure"] = False  # the load is beside the point here
+    del doc["spec"]["quality"]["query"]  # no live EM: no quality-guard audit in between
+    cron = dataclasses.replace(OPTIONS, audit_every_s=None)
+    assert _audit_starts(trace, quality, doc, cron) == [
+        (0.0, SPEC_CHANGE),
+        (20.0, SCHEDULE),
+        (80.0, SCHEDULE),
+        (140.0, SCHEDULE),
+        (200.0, SCHEDULE),
+    ]
+    # A fixed period instead of the cron schedule: a schedule trigger at each period.
+    every = dataclasses.replace(cron, audit_every_s=90.0)
+    assert _audit_starts(trace, quality, doc, every) == [
+        (0.0, SPEC_CHANGE),
+        (90.0, SCHEDULE),
+        (180.0, SCHEDULE),
+    ]
+    del doc["spec"]["audit"]["schedule"]
+    assert _audit_starts(trace, quality, doc, cron) == [(0.0, SPEC_CHANGE)]  # creation only
+    del doc["spec"]["audit"]
+    assert _audit_starts(trace, quality, doc, cron) == []  # no audit section: no audits
+
+
+def test_the_simulator_schedules_audits_with_the_operators_scheduler(
+    comparison: Comparison,
+) -> None:
+    assert strategies.schedule is schedule  # the module the operator's tick calls
+    run = comparison.run("stopbudget")
+    assert run.audits[0].started == 0.0  # a new policy is audited at once
+    assert run.audits[0].trigger == SPEC_CHANGE
+    for before, after in itertools.pairwise(run.audits):
+        assert after.started >= before.finished  # one at a time
+
+
+def test_the_quality_guard_audits_at_once_and_is_never_dropped(
+    trace: Trace, quality: QualityTable
+) -> None:
+    """Live EM below emFloor: the law asks for an audit, requested from the operator's
+    scheduler as quality-guard: it starts under pressure too (scheduled audits wait), and
+    a request while an audit runs starts one on the first tick after it ends."""
+    doc = copy.deepcopy(POLICY)
+    doc["spec"]["quality"].update(emTarget=0.55, emFloor=0.5)  # live EM here: 0.46-0.6
+    options = dataclasses.replace(OPTIONS, audit_duration_s=25.0, only=("stopbudget",))
+    run = simulate(trace, quality, _spec(doc), options).run("stopbudget")
+    interval = 10.0
+    starts = {round(a.started / interval): a for a in run.audits}
+    asked = [k for k, call in enumerate(run.calls) if call.decision.request_audit]
+    assert len(asked) > 5
+    for k in asked:
+        running = [a for a in run.audits if a.started < k * interval < a.finished]
+        if k in starts:
+            assert starts[k].trigger == GUARD
+            continue
+        (audit,) = running  # it waits for the running audit, then starts
+        after = math.ceil(audit.finished / interval)
+        assert after >= len(run.budgets) or starts[after].trigger == GUARD
+    guarded = [k for k, a in starts.items() if a.trigger == GUARD]
+    assert any(run.pressure[k] > 1 for k in guarded)  # never deferred under pressure
+    for k, audit in starts.items():
+        if audit.trigger == SCHEDULE:
+            assert run.pressure[k] <= 1
+        if audit.trigger == GUARD:  # each asked for since the audit before it started
+            previous = max((j for j in starts if j < k), default=-1)
+            assert any(previous < j <= k for j in asked)
 
 
 # ---------------------------------------------------------------- malformed inputs

@@ -21,8 +21,10 @@ Replay a request trace (Azure format: TIMESTAMP,ContextTokens,GeneratedTokens)
 through a simulated serving fleet with continuous batching, scoring each request
 with a per-question quality file (wide_*.csv: id, grading_S, reasoning_tokens_S),
 under static budgets, a reactive EM threshold rule, stopbudget's real control law
-(with simulated audits) and an oracle with perfect foresight. Prints one row per
-strategy; with --out, writes results.csv and PNG plots there.
+(with simulated audits, scheduled by the operator's own scheduler: the policy is
+created, and audited, at the trace's first timestamp) and an oracle with perfect
+foresight. Prints one row per strategy; with --out, writes results.csv and PNG
+plots there.
 """
 
 EPILOG = """\
@@ -163,8 +165,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--audit-every",
         type=_positive_duration,
         metavar="DURATION",
-        help="audit period, e.g. 10m (default: the policy's audit.schedule on the simulated "
-        "clock, which starts at the trace's first timestamp)",
+        help="audit period, e.g. 10m, in place of the policy's audit.schedule (default: "
+        "audit.schedule on the simulated clock, which starts at the trace's first timestamp)",
     )
     run.add_argument(
         "--audit-duration",

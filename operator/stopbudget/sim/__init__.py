@@ -13,8 +13,8 @@ Modules, in dependency order:
   per-request latency, the signals a Prometheus scrape would see (PURE);
 * :mod:`~stopbudget.sim.model`: what a request costs and scores at a budget,
   and the oracle's objective (PURE);
-* :mod:`~stopbudget.sim.strategies`: static, reactive, stopbudget (with
-  simulated audits), oracle schedule (PURE);
+* :mod:`~stopbudget.sim.strategies`: static, reactive, stopbudget (the real law,
+  with simulated audits scheduled by the operator's scheduler), oracle schedule (PURE);
 * :mod:`~stopbudget.sim.engine`: one simulation of every strategy and the
   figures of each (PURE);
 * :mod:`~stopbudget.sim.report`, :mod:`~stopbudget.sim.plots`,

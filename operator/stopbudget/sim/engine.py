@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import pairwise
 
-from croniter import croniter
-
 from stopbudget.api import StopPolicySpec
 from stopbudget.core.law import Observation, SignalReading
 from stopbudget.sim.fleet import Fleet, FleetConfig, FleetSignals, quantile
@@ -34,7 +32,6 @@ from stopbudget.sim.strategies import (
     Strategy,
     Tick,
     Window,
-    audit_times_every,
 )
 
 #: What the fleet exports, by the signal kind a policy's signal name maps to.
@@ -99,7 +96,8 @@ class Options:
     #: A request meets the latency SLO when its end-to-end latency is at most this;
     #: None: the target of the policy's latency signal, else DEFAULT_SLO_S.
     latency_slo_s: float | None = None
-    #: Audit period in simulated seconds; None: the policy's audit.schedule (cron).
+    #: Audit period in simulated seconds, in place of the policy's audit.schedule; None:
+    #: the schedule (cron, on the simulated clock).
     audit_every_s: float | None = None
     #: Time from an audit's start to its curve being used.
     audit_duration_s: float = 300.0
@@ -222,25 +220,6 @@ class Comparison:
         return out
 
 
-def _audit_times(
-    spec: StopPolicySpec, options: Options, start: datetime, horizon: float
-) -> list[float]:
-    if spec.audit is None:
-        return []
-    if options.audit_every_s is not None:
-        return audit_times_every(options.audit_every_s, horizon)
-    if spec.audit.schedule is None:
-        return []
-    times: list[float] = []
-    it = croniter(spec.audit.schedule, start)
-    while True:
-        nxt: datetime = it.get_next(datetime)
-        t = (nxt - start).total_seconds()
-        if t >= horizon or len(times) > 100_000:
-            return times
-        times.append(t)
-
-
 def simulate(
     trace: Trace,
     quality: QualityTable,
@@ -276,16 +255,16 @@ def simulate(
         for k in range(workload.intervals)
     ]
     ladder = sorted(spec.audit.budgets) if spec.audit is not None else list(cands)
-    horizon = workload.intervals * interval
     strategies: list[Strategy] = [Static(b) for b in ladder]
     strategies.append(Reactive(spec, ladder, options.reactive))
     strategies.append(
         StopBudget(
             spec,
             quality,
-            _audit_times(spec, options, trace.start, horizon),
-            options.audit_duration_s,
-            options.seed,
+            created=trace.start,
+            audit_duration=options.audit_duration_s,
+            seed=options.seed,
+            audit_every=options.audit_every_s,
         )
     )
     if options.only is not None:

@@ -7,7 +7,8 @@ arrive until the next tick:
 * ``static-<N>``: always ``N``;
 * ``reactive``: the rule production teams write first (:class:`Reactive`);
 * ``stopbudget``: the real control law, :func:`stopbudget.core.law.decide`,
-  with simulated audits (:class:`StopBudget`);
+  with simulated audits scheduled by the operator's scheduler,
+  :func:`stopbudget.core.audits.schedule.decide` (:class:`StopBudget`);
 * ``oracle``: a schedule computed beforehand with perfect knowledge
   (:class:`Schedule`, built by the engine from :mod:`stopbudget.sim.model`).
 """
@@ -21,7 +22,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from stopbudget.api import RESTARTING_SINKS, CurveSource, StopPolicySpec
+from stopbudget.api import (
+    RESTARTING_SINKS,
+    Audit,
+    AuditScheduleState,
+    AuditTrigger,
+    CurveSource,
+    StopPolicySpec,
+)
+from stopbudget.core.audits import schedule
 from stopbudget.core.curve import Curve, Point, from_prior
 from stopbudget.core.law import Decision, Observation, State, decide
 from stopbudget.sim.fleet import FleetSignals
@@ -160,8 +169,9 @@ class AuditRecord:
 
     started: float
     finished: float
-    #: "schedule" or "quality-guard" (the law asked for it).
-    trigger: str
+    #: What the operator's scheduler labelled it: ``spec-change`` (the policy's creation),
+    #: ``schedule`` or ``quality-guard`` (the law asked for it).
+    trigger: AuditTrigger
     curve: Curve
     #: Whether the curve was used: every budget had quality.minSamples answers.
     used: bool
@@ -179,41 +189,86 @@ class LawCall:
     decision: Decision
 
 
+def schedule_audit(
+    audit: Audit | None,
+    state: AuditScheduleState | None,
+    *,
+    now: datetime,
+    created: datetime,
+    running: bool,
+    observation: Observation,
+) -> schedule.ScheduleDecision:
+    """Whether an audit starts this tick: :func:`stopbudget.core.audits.schedule.decide`,
+    called as the operator's tick (``controller/reconcile.py``) calls it.
+
+    ``created`` is the policy's creation (its first audit, trigger ``spec-change``, is
+    due then); ``running`` whether an audit runs now; the pressure is the tick's, unknown
+    when its metrics failed.  No annotation asks for a manual audit in a simulation, and
+    no operator restart interrupts one.
+    """
+    return schedule.decide(
+        audit,
+        state,
+        now=now,
+        created=created,
+        running=running,
+        pressure=observation.pressure if observation.ok else None,
+        annotations={},
+    )
+
+
 @dataclass
 class StopBudget:
     """The real law (:func:`stopbudget.core.law.decide`) on simulated metrics and audits.
 
-    Before the first audit the curve is ``quality.prior``.  Audits run at the
-    ``audit_times`` (simulated seconds: the policy's cron schedule or a fixed
-    period) and when a decision asks for one (quality guard); a scheduled
-    audit is deferred while pressure > 1 if ``audit.deferUnderPressure``, for
-    at most ``audit.maxDeferral``.  An audit draws ``audit.sampleSize``
-    questions (a fresh sample each time: the sampling noise of a real audit),
-    scores them at every ladder budget, and its curve (source audit) is used
-    from the first tick after ``audit_duration`` has passed; audits do not
-    overlap.  Audits do not load the simulated fleet.
+    Before the first audit the curve is ``quality.prior``.  Audits are scheduled by the
+    operator's own scheduler (:func:`schedule_audit`), with the policy created at
+    ``created`` (the first tick): the first audit at creation (trigger ``spec-change``),
+    then one per slot of the policy's cron schedule on the simulated clock, or, with
+    ``audit_every``, one per period of that many seconds (a fixed period has no cron
+    expression: each period queues a ``schedule`` trigger through
+    :func:`stopbudget.core.audits.schedule.request`), and one when a decision asks for
+    it (``quality-guard``).  So deferral while pressure > 1 (``audit.deferUnderPressure``,
+    at most ``audit.maxDeferral`` from the first deferral), one audit at a time (a due
+    trigger waits for the running audit), missed slots collapsing into one, and the
+    precedence of triggers are the operator's.  An audit draws ``audit.sampleSize``
+    questions (a fresh sample each time: the sampling noise of a real audit), scores
+    them at every ladder budget, and its curve (source audit) is used from the first
+    tick after ``audit_duration`` has passed.  Audits do not load the simulated fleet.
     """
 
     spec: StopPolicySpec
     quality: QualityTable
-    audit_times: Sequence[float]
+    created: datetime
     audit_duration: float
     seed: int
+    #: Audit period in simulated seconds instead of the policy's cron schedule; None: cron.
+    audit_every: float | None = None
     name: str = "stopbudget"
     calls: list[LawCall] = field(default_factory=list)
     audits: list[AuditRecord] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.audit_every is not None and not (
+            self.audit_every > 0 and math.isfinite(self.audit_every)
+        ):
+            raise ValueError(f"audit period must be positive, got {self.audit_every}")
         self.curve = from_prior(self.spec.quality.prior, self.spec.quality.confidence)
         self.state = State()
         self._rng = random.Random(f"audits:{self.seed}")  # noqa: S311 - not security
-        self._due = sorted(self.audit_times)
         self._pending: AuditRecord | None = None
-
-    def _measure(self, t: float, trigger: str) -> None:
         audit = self.spec.audit
-        if audit is None or self._pending is not None:
-            return
+        if audit is not None and self.audit_every is not None:
+            audit = audit.model_copy(update={"schedule": None})  # the period replaces cron
+        #: The audit section as the scheduler sees it, and what it keeps in status.
+        self._audit = audit
+        self._schedule: AuditScheduleState | None = None
+        #: The end of the current period (with ``audit_every``): a schedule trigger is due.
+        self._next_period = self.audit_every or math.inf
+
+    def _measure(self, t: float, trigger: AuditTrigger) -> None:
+        audit = self.spec.audit
+        assert audit is not None
         size = min(audit.sample_size, self.quality.questions)
         sample = self._rng.sample(range(self.quality.questions), size)
         points = []
@@ -231,30 +286,40 @@ class StopBudget:
         used = size >= self.spec.quality.min_samples
         self._pending = AuditRecord(t, t + self.audit_duration, trigger, curve, used)
 
+    def _request(self, trigger: AuditTrigger) -> None:
+        if self._audit is not None:
+            self._schedule = schedule.request(self._schedule, trigger)
+
     def budget(self, tick: Tick) -> int:
         t = tick.t
+        # What arrived since the last tick: a finished audit, a period's slot.
         pending = self._pending
         if pending is not None and pending.finished <= t:
             self.audits.append(pending)
             self._pending = None
             if pending.used:
                 self.curve = pending.curve
-        audit = self.spec.audit
-        if self._due and self._due[0] <= t and audit is not None:
-            deferring = (
-                audit.defer_under_pressure
-                and tick.observation.pressure > 1.0
-                and t - self._due[0] < audit.max_deferral.total_seconds()
-            )
-            if not deferring:
-                while self._due and self._due[0] <= t:
-                    self._due.pop(0)  # missed runs collapse into one
-                self._measure(t, "schedule")
+        period = self.audit_every
+        if period is not None and t >= self._next_period:
+            self._request(AuditTrigger.SCHEDULE)  # missed periods collapse into one
+            self._next_period = (t // period + 1) * period
+        # The law, then the audits, in the order of the operator's tick.
         decision = decide(self.spec, self.curve, tick.observation, self.state, tick.now)
         self.calls.append(LawCall(t, tick.now, self.curve, tick.observation, self.state, decision))
         self.state = decision.state
         if decision.request_audit:
-            self._measure(t, "quality-guard")
+            self._request(AuditTrigger.QUALITY_GUARD)
+        plan = schedule_audit(
+            self._audit,
+            self._schedule,
+            now=tick.now,
+            created=self.created,
+            running=self._pending is not None,
+            observation=tick.observation,
+        )
+        self._schedule = plan.state if self._audit is not None else None
+        if plan.action is schedule.Action.START and plan.trigger is not None:
+            self._measure(t, plan.trigger)
         return decision.budget
 
     def finish(self) -> None:
@@ -262,11 +327,3 @@ class StopBudget:
         if self._pending is not None:
             self.audits.append(self._pending)
             self._pending = None
-
-
-def audit_times_every(period: float, horizon: float) -> list[float]:
-    """Audits every ``period`` seconds within the horizon (the first after one period)."""
-    if period <= 0 or not math.isfinite(period):
-        raise ValueError(f"audit period must be positive, got {period}")
-    count = int(horizon // period)
-    return [period * (i + 1) for i in range(count)]
