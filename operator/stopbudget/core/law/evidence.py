@@ -1,0 +1,70 @@
+"""Steps 1 and 2, the estimator: the target and floor the evidence supports, and their proposal.
+
+The evidence is the EM-vs-budget curve in use (the pooled audits, else
+``quality.prior``). :func:`target_and_floor` and :func:`cost_cap` estimate
+``b_target`` and ``b_floor`` once per tick, before any proposal: every later step
+reads them from the :class:`~stopbudget.core.law.step.Context`. :func:`propose`
+makes the first proposal from them, which the steps after it refine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from stopbudget.api import Priority, StopPolicySpec
+from stopbudget.core.curve import Curve
+from stopbudget.core.law.decision import Rule
+from stopbudget.core.law.step import Context, Evidence, Proposal, fmt
+
+
+def target_and_floor(spec: StopPolicySpec, curve: Curve) -> Evidence | None:
+    """Step 1: the cheapest ladder budgets whose EM lower bound meets emTarget / emFloor.
+
+    When none within [min, max] does, ``max``, and for the target a one-line
+    ``unreachable``. None without a curve (no prior, no audit).
+    """
+    if curve.empty:
+        return None
+    low, high, quality = spec.budget.min, spec.budget.max, spec.quality
+    target = curve.cheapest_meeting(quality.em_target, low, high)
+    floor = curve.cheapest_meeting(quality.em_floor, low, high)
+    unreachable = None
+    if target is None:
+        what = "emTarget" if floor is not None else "emTarget nor emFloor"
+        unreachable = (
+            f"no budget within [{low}, {high}] reaches {what} "
+            f"(target {fmt(quality.em_target)}, floor {fmt(quality.em_floor)}) "
+            f"on the {curve.source.value} curve: using max"
+        )
+    return Evidence(
+        target=high if target is None else target,
+        floor=high if floor is None else floor,
+        unreachable=unreachable,
+    )
+
+
+def cost_cap(evidence: Evidence | None, spec: StopPolicySpec) -> Evidence | None:
+    """Step 2: ``maxTokensPerRequest`` lowers the target; the floor only with priority cost."""
+    cap = spec.cost.max_tokens_per_request
+    if evidence is None or cap is None:
+        return evidence
+    if spec.cost.priority == Priority.COST:
+        return replace(evidence, target=min(evidence.target, cap), floor=min(evidence.floor, cap))
+    return replace(evidence, target=max(evidence.floor, min(evidence.target, cap)))
+
+
+def propose(context: Context) -> Proposal:
+    """The first proposal: the EM-target budget (TARGET); without evidence, ``budget.initial``.
+
+    With evidence, step 3 (or, without usable metrics, step 6) always restates it
+    with the pressure in its reason; ``budget.initial`` stands (NO_EVIDENCE) unless
+    the metrics fail.
+    """
+    if context.evidence is None:
+        return Proposal(
+            budget=float(context.spec.budget.start),
+            rule=Rule.NO_EVIDENCE,
+            reason="no prior and no audit yet: keeping budget.initial",
+        )
+    target = context.evidence.target
+    return Proposal(budget=float(target), rule=Rule.TARGET, reason=f"EM-target budget {target}")
