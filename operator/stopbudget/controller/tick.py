@@ -337,7 +337,7 @@ async def decide_and_patch(
     )
     if spec.control.mode != api.Mode.AUTO or not decision.changes:
         return acted
-    return await apply(operator, mailbox, spec, stored, found, acted, decision, now)
+    return await apply(operator, mailbox, spec, stored, found, acted, decision)
 
 
 def raises_for_alert(spec: api.StopPolicySpec, arrived: Arrivals) -> bool:
@@ -355,7 +355,6 @@ async def apply(
     found: sinks.LocatedSink,
     acted: Acted,
     decision: law.Decision,
-    now: datetime,
 ) -> Acted:
     """Patch the sink to the decided budget, the original value recorded first."""
     patch = found.set_patch(decision.budget)
@@ -393,7 +392,9 @@ async def apply(
         acted,
         budget=decision.budget,
         original=original,
-        last_patch_time=now if patch.restarts else acted.last_patch_time,
+        # The law owns when a patch counts as a restart (its stability step reads it back);
+        # the tick only says the patch took effect.
+        last_patch_time=decision.state.last_patch_time,
         events=(changed,),
     )
 
