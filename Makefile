@@ -19,7 +19,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 help:
 	@echo "make demo   - run the control loop locally: Prometheus, emulated Kubernetes, load, operator"
 	@echo "make test   - set up everything and run ruff, mypy --strict, import contracts and pytest"
-	@echo "make crd    - regenerate crds/ (and the chart's copy) from operator/stopbudget/api.py"
+	@echo "make crd    - regenerate crds/ (and the chart's copy) from operator/stopbudget/api/"
 	@echo "make docs   - regenerate docs/api.md from the models"
 	@echo "make bench  - simulator, audit and operator benchmarks on the bundled real data (~2 min)"
 	@echo "make bench-operator - operator overhead at 10, 100 and 1,000 policies (~4 min)"
