@@ -34,6 +34,12 @@ Runs after :func:`~stopbudget.core.law.load.follow_load` and replaces its
 proposal; with ``model: reactive`` (the default) it does nothing. Without its
 inputs (no arrival rate or throughput series, no tokens per request in the
 curve) it keeps the reactive proposal and appends why to its reason. PURE.
+
+Not the default: in the simulator (``stopbudget simulate --law queueing``, both
+bundled Azure traces, seeds 0-9) it spent fewer tokens per request than the
+reactive step on 19 of 20 runs, but on the code trace its SLO attainment was
+lower on 9 seeds of 10 and its EM-target attainment lower on 7 (mean 75.0 %
+against 80.8 %): a trailing arrival rate does not foresee that trace's bursts.
 """
 
 from __future__ import annotations
