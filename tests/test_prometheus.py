@@ -354,6 +354,37 @@ async def test_two_series_where_one_is_expected(
         assert errors(reader.metrics, "ambiguous") == 1
 
 
+@pytest.mark.parametrize(
+    ("result", "expected"),
+    [
+        (interpret([{"metric": {}, "value": [0, "2.5"]}], "q"), 2.5),
+        (interpret([{"metric": {}, "value": [0, "-0.4"]}], "q"), 0.0),  # delta's edges
+        (interpret([], "q"), None),  # no series: no data
+        (interpret([{"metric": {}, "value": [0, "NaN"]}], "q"), None),  # 0/0 while idle
+        (interpret([{"metric": {"a": "1"}, "value": [0, "1"]}] * 2, "q"), None),  # ambiguous
+    ],
+)
+async def test_the_queueing_models_inputs_are_read_or_left_out(
+    result: Any, expected: float | None
+) -> None:
+    """An input of the queueing model without a number is None, never a failed tick."""
+    spec = spec_with(
+        load={"preset": "vllm", "signals": [{"name": "queue", "target": 4}]},
+        control={"model": "queueing"},
+    )
+    queries = promql.plan(spec)
+    results = [interpret([{"metric": {}, "value": [0, "1"]}], "q")] * len(queries)
+    async with reader_for("http://127.0.0.1:9") as reader:
+        for role in (promql.Role.ARRIVAL_RATE, promql.Role.THROUGHPUT):
+            at = [q.role for q in queries].index(role)
+            chosen = [result if i == at else r for i, r in enumerate(results)]
+            obs = reader._observation(queries, chosen)
+            value = obs.arrival_rate if role is promql.Role.ARRIVAL_RATE else obs.throughput
+            assert value == expected
+            assert obs.ok
+        assert reader._observation(queries, results).served_tokens == 1.0
+
+
 @pytest.mark.servers
 async def test_quality_query_and_its_range(prometheus_server: servers.DevPrometheus) -> None:
     async with reader_for(prometheus_server.url) as reader:

@@ -263,6 +263,56 @@ def test_plan_passes_the_window() -> None:
     assert "[15s]" in query.expr
 
 
+MODEL_QUERIES = {
+    "arrivalRate": promql.arrival_rate_query,
+    "throughput": promql.throughput_query,
+    "servedTokens": promql.served_tokens_query,
+}
+
+
+@pytest.mark.parametrize(
+    ("preset", "roles"),
+    [
+        ("vllm", [Role.ARRIVAL_RATE, Role.THROUGHPUT, Role.SERVED_TOKENS]),
+        ("tgi", [Role.ARRIVAL_RATE, Role.THROUGHPUT, Role.SERVED_TOKENS]),
+        ("sglang", [Role.THROUGHPUT]),  # no request counter: no arrival rate
+        ("llamacpp", [Role.THROUGHPUT]),
+        ("none", []),
+    ],
+)
+def test_plan_reads_the_queueing_models_inputs_where_the_engine_has_them(
+    preset: str, roles: list[Role]
+) -> None:
+    signals = [] if preset == "none" else [{"name": "queue", "target": 4}]
+    load = {"preset": preset, "signals": signals}
+    default = [q.role for q in promql.plan(spec_with(load=load))]
+    assert not set(default) & set(roles)  # the reactive model reads none of them
+    queueing = promql.plan(spec_with(load=load, control={"model": "queueing"}))
+    assert [q.role for q in queueing] == default + roles
+    assert [q.name for q in queueing[len(default) :]] == [r.value for r in roles]
+
+
+def test_the_queueing_models_queries() -> None:
+    assert promql.arrival_rate_query(Preset.VLLM, SEL, window="30s") == (
+        f"sum(rate(vllm:request_success_total{M}[30s])) + "
+        f"(sum(delta(vllm:num_requests_waiting{M}[30s])) + "
+        f"sum(delta(vllm:num_requests_running{M}[30s]))) / 30"
+    )
+    assert promql.arrival_rate_query(Preset.TGI, {}, window="1h30m") == (
+        "sum(rate(tgi_request_count[1h30m]))"
+    )
+    assert promql.throughput_query(Preset.LLAMACPP, {}) == (
+        "sum(rate(llamacpp:tokens_predicted_total[2m]))"
+    )
+    assert promql.served_tokens_query(Preset.VLLM, {}) == (
+        "sum(rate(vllm:generation_tokens_total[2m])) / "
+        "(sum(rate(vllm:request_success_total[2m])) > 0)"
+    )
+    assert promql.arrival_rate_query(Preset.NONE, {}) is None
+    with pytest.raises(PromQLError, match="range"):
+        promql.throughput_query(Preset.VLLM, {}, window="2")
+
+
 def test_plan_reports_a_selector_on_name() -> None:
     spec = spec_with(
         load={
@@ -289,6 +339,11 @@ def _all_queries() -> list[tuple[str, str]]:
     truncation = promql.truncation_query(Preset.VLLM, SEL_TRICKY)
     assert truncation is not None
     out.append(("vllm.truncation", truncation))
+    for preset in Preset:
+        for name, build in MODEL_QUERIES.items():
+            expr = build(preset, SEL_TRICKY)
+            if expr is not None:
+                out.append((f"{preset.value}.{name}", expr))
     return out
 
 

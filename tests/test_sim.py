@@ -629,3 +629,49 @@ def test_missing_matplotlib_says_what_to_install(
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(PlotsUnavailableError, match=r"install stopbudget\[plot\]"):
         write_plots(comparison, tmp_path)
+
+
+def test_the_law_sees_the_arrival_rate_and_throughput_of_the_fleet(
+    comparison: Comparison,
+) -> None:
+    """As the presets' rate queries would read them over the fleet's window."""
+    run = comparison.run("stopbudget")
+    window = OPTIONS.fleet.window_s
+    arrivals = comparison.workload.arrivals
+    assert run.calls[0].observation.arrival_rate is None  # no window yet at t = 0
+    for call in run.calls[1:]:
+        span = min(window, call.t)
+        arrived = sum(1 for a in arrivals if call.t - span <= a < call.t)
+        obs = call.observation
+        assert obs.arrival_rate == pytest.approx(arrived / span)
+        assert obs.throughput is not None
+        assert obs.throughput >= 0
+        if obs.served_tokens is not None:
+            assert obs.throughput > 0
+    assert any((c.observation.throughput or 0) > 0 for c in run.calls)
+
+
+def test_law_option_selects_the_queueing_model(
+    tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[api.LoadModel] = []
+    real = strategies.decide
+
+    def spy(spec: api.StopPolicySpec, *args: Any, **kwargs: Any) -> law.Decision:
+        seen.append(spec.control.model)
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(strategies, "decide", spy)
+    for option, model in (
+        ([], api.LoadModel.REACTIVE),
+        (["--law", "queueing"], api.LoadModel.QUEUEING),
+        (["--law", "reactive"], api.LoadModel.REACTIVE),
+    ):
+        seen.clear()
+        args = _parser().parse_args(_argv(tiny, "--no-plots", *option))
+        comparison = simulate_command.simulate_from_args(args)
+        assert set(seen) == {model}
+        reasons = [c.decision.reason for c in comparison.run("stopbudget").calls]
+        assert any("queueing" in r for r in reasons) is (model is api.LoadModel.QUEUEING)
+    with pytest.raises(SystemExit):
+        _parser().parse_args(_argv(tiny, "--law", "mm1"))

@@ -473,6 +473,13 @@ class FallbackBehavior(StrEnum):
     MAX = "max"
 
 
+class LoadModel(StrEnum):
+    """How the law's load step chooses the budget (DESIGN section 4, step 3)."""
+
+    REACTIVE = "reactive"
+    QUEUEING = "queueing"
+
+
 class Fallback(_Model):
     """Behavior when Prometheus fails or returns no data."""
 
@@ -517,6 +524,14 @@ class Control(_Model):
         "of the current one is not applied.",
     )
     fallback: Fallback = Field(default_factory=Fallback, description="Behavior without metrics.")
+    model: LoadModel = Field(
+        LoadModel.REACTIVE,
+        description="Load step: reactive scales the budget by the signals' pressure (r / p); "
+        "queueing predicts the pressure each ladder budget would cause (arrival rate x the "
+        "audits' tokens per request, against the throughput that puts the signals at target) "
+        "and takes the highest that stays at or under 1; without those inputs it uses the "
+        "reactive rule and says why.",
+    )
 
 
 # --------------------------------------------------------------------------- spec: audit

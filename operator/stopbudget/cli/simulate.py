@@ -182,6 +182,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="DURATION",
         help="window of EM>=target and below-floor (default 5m)",
     )
+    run.add_argument(
+        "--law",
+        choices=("reactive", "queueing"),
+        help="load step of stopbudget's law, in place of the policy's spec.control.model "
+        "(default: the policy's)",
+    )
     run.add_argument("--head", type=_positive_int, metavar="N", help="only the first N requests")
     run.add_argument("--no-plots", action="store_true", help="with --out, skip the PNGs")
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -234,11 +240,16 @@ def simulate_from_args(
     args: argparse.Namespace, progress: Callable[[int, int], None] | None = None
 ) -> Comparison:
     """Load the inputs named by ``args`` and simulate (errors propagate)."""
+    from stopbudget.api import LoadModel
     from stopbudget.sim.engine import Options, simulate
     from stopbudget.sim.fleet import FleetConfig
     from stopbudget.sim.inputs import load_quality, load_trace
 
     policy = load_policy(Path(args.policy))
+    spec = policy.spec
+    if getattr(args, "law", None) is not None:
+        control = spec.control.model_copy(update={"model": LoadModel(args.law)})
+        spec = spec.model_copy(update={"control": control})
     trace = load_trace(args.trace)
     if args.head is not None:
         trace = trace.head(args.head)
@@ -260,7 +271,7 @@ def simulate_from_args(
         audit_duration_s=args.audit_duration,
         eval_window_s=args.eval_window,
     )
-    return simulate(trace, quality, policy.spec, options, progress)
+    return simulate(trace, quality, spec, options, progress)
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ through a callback.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -332,11 +333,16 @@ def _run(
         now = start + timedelta(seconds=t)
         sig = fleet.signals(t)
         window = completed_within(t)
+        recent = window(options.fleet.window_s)
+        arrival_rate, throughput = _rates(workload, t, options.fleet.window_s, recent)
         observation = Observation(
             signals=tuple(
                 SignalReading(name, target, SIGNAL_KINDS[kind](sig)) for name, target, kind in kinds
             ),
-            em=window(options.fleet.window_s).em if live_em else None,
+            em=recent.em if live_em else None,
+            arrival_rate=arrival_rate,
+            throughput=throughput,
+            served_tokens=recent.mean_tokens,
         )
         ledger.append((fleet.arrived, fleet.completed, fleet.queued, fleet.running))
         signals.append(sig)
@@ -390,6 +396,19 @@ def _run(
         audits=tuple(strategy.audits) if isinstance(strategy, StopBudget) else (),
         calls=tuple(strategy.calls) if isinstance(strategy, StopBudget) else (),
     )
+
+
+def _rates(
+    workload: Workload, t: float, seconds: float, recent: Window
+) -> tuple[float | None, float | None]:
+    """The queueing model's rates at ``t``, as the presets' rate queries over ``seconds``
+    would read them: requests arrived per second and tokens generated per second (the
+    ``recent`` completions'); None at the first tick (no window yet)."""
+    span = min(seconds, t)
+    if span <= 0:
+        return None, None
+    arrived = bisect_left(workload.arrivals, t) - bisect_left(workload.arrivals, t - span)
+    return arrived / span, recent.tokens / span
 
 
 def _summary(
