@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from stopbudget.sim import rollout
@@ -18,6 +18,7 @@ from stopbudget.sim.fleet import Fleet, FleetConfig, Rollout
 from stopbudget.sim.inputs import QualityTable, Trace, load_quality, load_trace
 from stopbudget.sim.rollout import Pod, Step
 from stopbudget.sim.strategies import ReactiveConfig
+from tests import sim_fleet_reference
 
 ROOT = Path(__file__).resolve().parent.parent
 CONV = ROOT / "data/traces/AzureLLMInferenceTrace_conv.csv"
@@ -155,6 +156,14 @@ def _play(
 
 @settings(max_examples=150, deadline=None)
 @given(_scenarios())
+@example(  # a request starts on a pod the instant before a patch replaces it: it drains
+    (
+        dataclasses.replace(_CONFIG, kv_tokens=2_000),
+        Rollout(0.5, 0, 1),
+        [0.0],
+        [(0.0, B), (0.5, A)],
+    )
+)
 def test_a_rollout_keeps_its_promises(
     scenario: tuple[FleetConfig, Rollout, list[float], list[tuple[float, int]]],
 ) -> None:
@@ -166,7 +175,8 @@ def test_a_rollout_keeps_its_promises(
     assert fleet.completed == fleet.arrived == n
     for q in range(n):
         pod = fleet.pods[fleet.replica_of[q]]
-        assert pod.ready_at <= fleet.started[q] < pod.stop_at
+        assert pod.ready_at <= fleet.started[q] <= pod.stop_at
+        assert pod.stop_order < 0 or fleet.start_order[q] < pod.stop_order
         assert fleet.arrival[q] <= fleet.started[q] <= fleet.done[q]
         assert fleet.done[q] <= fleet.gone.get(pod.id, math.inf)
         assert fleet.budget_of[q] == pod.template
@@ -300,13 +310,14 @@ def test_instantaneous_sinks_reproduce_the_instantaneous_model(
     trace: Trace, quality: QualityTable
 ) -> None:
     """Oracle: with propagation 0, every run is the instantaneous model -- the budgets it
-    wrote, each applied to the requests of its interval, replayed through a fleet with
-    fixed replicas give the same latencies, tokens and answers."""
+    wrote, each applied to the requests of its interval, replayed through the fleet as it
+    was before restarts were charged (tests/sim_fleet_reference.py) give the same
+    latencies, tokens and answers."""
     comparison = _run(trace, quality, propagation_s=0.0, restart_s=0.0)
     w = comparison.workload
     changed = 0
     for run in comparison.runs:
-        fleet = Fleet(comparison.options.fleet, len(w))
+        fleet = sim_fleet_reference.Fleet(comparison.options.fleet, len(w))  # type: ignore[arg-type]
         for k, budget in enumerate(run.budgets):
             served = comparison.served[budget]
             lo, hi = w.bounds(k)

@@ -100,7 +100,19 @@ class FleetSignals:
 
 
 class _Replica:
-    __slots__ = ("heap", "id", "kv", "n", "next_done", "ready_at", "stop_at", "t", "template", "v")
+    __slots__ = (
+        "heap",
+        "id",
+        "kv",
+        "n",
+        "next_done",
+        "ready_at",
+        "stop_at",
+        "stop_order",
+        "t",
+        "template",
+        "v",
+    )
 
     def __init__(self, id: int = 0, template: int = -1, ready_at: float = 0.0) -> None:
         self.id = id
@@ -109,6 +121,9 @@ class _Replica:
         #: When it is ready (takes requests) and when it started draining (INF: not yet).
         self.ready_at = ready_at
         self.stop_at = INF
+        #: The fleet's count of starts and stops when it started draining (orders
+        #: events at the same instant).
+        self.stop_order = -1
         self.n = 0
         self.v = 0.0  # virtual time: tokens emitted per sequence so far
         self.t = 0.0  # when v was last brought up to date
@@ -178,6 +193,9 @@ class Fleet:
         self.done = [math.nan] * requests
         self.arrival = [math.nan] * requests
         self.started = [math.nan] * requests
+        #: The fleet's count of starts and stops when each request started.
+        self.start_order = [-1] * requests
+        self._order = 0
         #: The replica (its id) that served each request, and the budget it was served at
         #: (-1 without a rollout: the budget it arrived with).
         self.replica_of = [-1] * requests
@@ -239,6 +257,8 @@ class Fleet:
         r.kv += kv
         self._schedule(r)
         self.started[request] = t
+        self.start_order[request] = self._order
+        self._order += 1
         self.replica_of[request] = r.id
         if self.rollout is not None:
             self.budget_of[request] = r.template
@@ -323,7 +343,8 @@ class Fleet:
             self._account(t)
             for pid in plan.remove:
                 r = self.pods[pid]
-                r.stop_at = t
+                r.stop_at, r.stop_order = t, self._order
+                self._order += 1
                 if r in self._serving:
                     self._serving.remove(r)
                 if r.n == 0:
