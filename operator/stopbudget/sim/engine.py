@@ -2,11 +2,15 @@
 
 :func:`simulate` replays the workload through a fresh fleet once per strategy.
 Time advances in control intervals (the policy's ``control.interval``): at
-each tick the strategy sees the fleet's signals and sets the budget of the
-requests arriving until the next tick (a budget is fixed when a request
-arrives, as at a gateway).  After the last interval the fleet drains, so every
-request completes.  Nothing here reads a clock or a file; progress is reported
-through a callback.
+each tick the strategy sees the fleet's signals and writes a budget.  It
+reaches the requests through the policy's sink (or :attr:`Options.sink`): a
+sink read live serves it to the requests arriving ``propagation_s`` after the
+tick (a request's budget is fixed when it arrives, as at a gateway); a sink in
+the pod template (``arg``, ``env``) rolls the fleet's replicas, each serving its
+template's budget (:class:`~stopbudget.sim.fleet.Fleet`).  Every strategy is
+charged the same, the oracle too.  After the last interval the fleet drains, so
+every request completes.
+Nothing here reads a clock or a file; progress is reported through a callback.
 """
 
 from __future__ import annotations

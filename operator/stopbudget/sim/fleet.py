@@ -19,6 +19,15 @@ The model, per replica (one vLLM-like server):
   replica with the fewest sequences that has a free slot and room in its KV
   cache; otherwise it waits.  No request overtakes the head of the queue.
 
+Where the budget lives decides how a change reaches the requests.  Without a
+:class:`Rollout` (a sink read live: the gate's ConfigMap, an AI gateway, an
+annotation) the replicas are fixed and every request arrives with its budget's
+work and KV.  With one (a sink in the pod template: ``arg``, ``env``) each replica
+serves the budget of its template, and :meth:`Fleet.set_template` rolls the
+replicas as a Deployment does (:mod:`stopbudget.sim.rollout`): new replicas take
+``restart_s`` to start, a replaced replica takes no new request and stops when its
+last one finishes, and a request is priced when it starts, at its replica's budget.
+
 Because every sequence of a replica advances at the same rate, the replica
 keeps one *virtual clock* (tokens emitted per sequence so far) and a heap of
 the virtual times at which its sequences finish: each event costs O(log n).
