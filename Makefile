@@ -21,7 +21,7 @@ help:
 	@echo "make test   - set up everything and run ruff, mypy --strict, import contracts and pytest"
 	@echo "make crd    - regenerate crds/ (and the chart's copy) from operator/stopbudget/api/"
 	@echo "make docs   - regenerate docs/api.md from the models"
-	@echo "make bench  - simulator, audit and operator benchmarks on the bundled real data (~2 min)"
+	@echo "make bench  - simulator (restarts charged, 10 seeds), audit and operator benchmarks on the bundled real data (~4 min)"
 	@echo "make bench-operator - operator overhead at 10, 100 and 1,000 policies (~4 min)"
 	@echo "make bench-gate - the gate's added latency, throughput and RSS; caps on llama-server (~3 min)"
 	@echo "make flake-hunt - make test RUNS times (default 5) with both cores loaded"

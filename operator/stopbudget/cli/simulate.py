@@ -42,7 +42,19 @@ EM>=target and below floor (share of --eval-window windows whose requests' EM
 met emTarget / fell below emFloor), p95 latency (end to end), SLO met (share of
 requests with end-to-end latency <= --latency-slo; default the target of the
 policy's latency signal, else 60 s), changes/h (budget changes per simulated
-hour), cost (generated tokens x cost.pricePerMillionTokens / 1e6).
+hour), cost (generated tokens x cost.pricePerMillionTokens / 1e6), restarts/h
+(rolling updates started per simulated hour: patches of an arg or env sink),
+replica-s lost (replica-seconds with fewer than --replicas replicas taking requests
+because of restarts).
+
+Restarts: with an arg or env sink (the policy's, or --sink) a patch changes the pod
+template and the Deployment rolls its pods as Kubernetes does (--max-surge,
+--max-unavailable; a pod takes --restart-seconds to start; a replaced pod takes no
+new request and stops when its requests finish; a patch during a rollout rolls toward
+the newest template); each replica serves the budget of its template, every strategy
+alike (the oracle too: its plan assumes budgets apply at once, and it is charged the
+same restarts). With a sink read live (configMap, aiGateway, annotation) requests
+arriving --propagation-seconds after the patch get the new budget, with no restart.
 """
 
 
@@ -78,6 +90,23 @@ def _non_negative_float(text: str) -> float:
     if text.strip() in ("0", "0.0"):
         return 0.0
     return _positive_float(text)
+
+
+#: --sink's choices (stopbudget.sim.engine.SINKS, without importing the simulator).
+SINK_CHOICES = ("arg", "env", "configMap", "aiGateway", "annotation")
+
+
+def _rollout_count(flag: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        from stopbudget.sim.rollout import parse_count
+
+        try:
+            parse_count(text, flag)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text.strip()
+
+    return parse
 
 
 def _duration(text: str) -> float:
@@ -145,6 +174,42 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=_non_negative_float,
         default=d.prefill_weight,
         help=f"decode steps per prompt token (default {d.prefill_weight:g})",
+    )
+    sink = p.add_argument_group("sink and restarts")
+    sink.add_argument(
+        "--sink",
+        choices=SINK_CHOICES,
+        help="where the budget is written (default: the policy's budget.sink.type); arg and "
+        "env change the pod template, so every patch rolls the pods",
+    )
+    sink.add_argument(
+        "--restart-seconds",
+        type=_non_negative_float,
+        default=120.0,
+        metavar="SECONDS",
+        help="arg/env sink: from a new pod's creation to it taking requests (default 120)",
+    )
+    sink.add_argument(
+        "--max-surge",
+        type=_rollout_count("--max-surge"),
+        default="25%",
+        metavar="N|P%",
+        help="arg/env sink: the rolling update's maxSurge (default 25%%, rounded up)",
+    )
+    sink.add_argument(
+        "--max-unavailable",
+        type=_rollout_count("--max-unavailable"),
+        default="25%",
+        metavar="N|P%",
+        help="arg/env sink: the rolling update's maxUnavailable (default 25%%, rounded down)",
+    )
+    sink.add_argument(
+        "--propagation-seconds",
+        type=_non_negative_float,
+        default=2.0,
+        metavar="SECONDS",
+        help="configMap/aiGateway/annotation sink: from the patch to the requests arriving "
+        "being served at the new budget (default 2)",
     )
     run = p.add_argument_group("run")
     run.add_argument(
@@ -241,7 +306,7 @@ def simulate_from_args(
 ) -> Comparison:
     """Load the inputs named by ``args`` and simulate (errors propagate)."""
     from stopbudget.api import LoadModel
-    from stopbudget.sim.engine import Options, simulate
+    from stopbudget.sim.engine import simulate
     from stopbudget.sim.fleet import FleetConfig
     from stopbudget.sim.inputs import load_quality, load_trace
 
@@ -262,7 +327,7 @@ def simulate_from_args(
         kv_tokens=args.kv_tokens,
         prefill_weight=args.prefill_weight,
     )
-    options = Options(
+    options = _options(
         fleet=fleet,
         time_scale=args.time_scale,
         seed=args.seed,
@@ -270,8 +335,26 @@ def simulate_from_args(
         audit_every_s=args.audit_every,
         audit_duration_s=args.audit_duration,
         eval_window_s=args.eval_window,
+        sink=args.sink,
+        restart_s=args.restart_seconds,
+        max_surge=args.max_surge,
+        max_unavailable=args.max_unavailable,
+        propagation_s=args.propagation_seconds,
     )
     return simulate(trace, quality, spec, options, progress)
+
+
+class OptionsError(ValueError):
+    """The flags cannot be simulated together (the message names them and the fix)."""
+
+
+def _options(**fields: Any) -> Any:
+    from stopbudget.sim.engine import Options
+
+    try:
+        return Options(**fields)
+    except ValueError as exc:
+        raise OptionsError(str(exc)) from None
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -289,7 +372,7 @@ def run_command(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         sys.stderr.write(f"{args.policy}: {exc}\n")
         return 1
-    except InputError as exc:
+    except (InputError, OptionsError) as exc:
         sys.stderr.write(f"stopbudget simulate: {exc}\n")
         return 1
     finally:

@@ -2,24 +2,31 @@
 
 :func:`simulate` replays the workload through a fresh fleet once per strategy.
 Time advances in control intervals (the policy's ``control.interval``): at
-each tick the strategy sees the fleet's signals and sets the budget of the
-requests arriving until the next tick (a budget is fixed when a request
-arrives, as at a gateway).  After the last interval the fleet drains, so every
-request completes.  Nothing here reads a clock or a file; progress is reported
-through a callback.
+each tick the strategy sees the fleet's signals and writes a budget.  It
+reaches the requests through the policy's sink (or :attr:`Options.sink`): a
+sink read live serves it to the requests arriving ``propagation_s`` after the
+tick (a request's budget is fixed when it arrives, as at a gateway); a sink in
+the pod template (``arg``, ``env``) rolls the fleet's replicas, each serving its
+template's budget (:class:`~stopbudget.sim.fleet.Fleet`).  Every strategy is
+charged the same, the oracle too.  After the last interval the fleet drains, so
+every request completes.
+Nothing here reads a clock or a file; progress is reported through a callback.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import pairwise
 
-from stopbudget.api import StopPolicySpec
+from stopbudget.api import RESTARTING_SINKS, SinkType, StopPolicySpec
 from stopbudget.core.law import Observation, SignalReading
-from stopbudget.sim.fleet import Fleet, FleetConfig, FleetSignals, quantile
+from stopbudget.sim import rollout
+from stopbudget.sim.fleet import Fleet, FleetConfig, FleetSignals, Rollout, quantile
 from stopbudget.sim.inputs import QualityTable, Trace
 from stopbudget.sim.model import Objective, Served, Workload, candidates, meets, serve
 from stopbudget.sim.strategies import (
@@ -45,6 +52,9 @@ SIGNAL_KINDS: Mapping[str, Callable[[FleetSignals], float]] = {
 }
 #: Default latency SLO when neither --latency-slo nor a latency signal gives one.
 DEFAULT_SLO_S = 60.0
+#: The sinks the simulator knows; a budget written to the first two rolls the pods.
+SINKS = ("arg", "env", "configMap", "aiGateway", "annotation")
+RESTARTING = frozenset(s.value for s in RESTARTING_SINKS)
 
 
 class PolicyError(ValueError):
@@ -108,6 +118,53 @@ class Options:
     reactive: ReactiveConfig = field(default_factory=ReactiveConfig)
     #: Strategy names to run (None: all); the oracle always runs.
     only: tuple[str, ...] | None = None
+    #: Where the budget is written, one of SINKS; None: the policy's budget.sink.type.
+    sink: str | None = None
+    #: A sink in the pod template (arg, env): from a pod's creation to it taking requests.
+    restart_s: float = 120.0
+    #: The rolling update's maxSurge and maxUnavailable (a count or a percentage).
+    max_surge: str = rollout.DEFAULT_MAX_SURGE
+    max_unavailable: str = rollout.DEFAULT_MAX_UNAVAILABLE
+    #: A sink read live (configMap, aiGateway, annotation): from the patch to every
+    #: replica (or the gate) serving the new budget.
+    propagation_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.sink is not None and self.sink not in SINKS:
+            raise ValueError(f"sink {self.sink!r} is not one of {', '.join(SINKS)}")
+        for name in ("restart_s", "propagation_s"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a number of seconds >= 0, got {value}")
+        rollout.counts(self.fleet.replicas, self.max_surge, self.max_unavailable)
+
+    def sink_of(self, spec: StopPolicySpec) -> str:
+        """The sink simulated: the override, else the policy's."""
+        return self.sink or spec.budget.sink.type.value
+
+    def rolling_update(self, spec: StopPolicySpec) -> Rollout | None:
+        """The rolling update a patch starts; None for a sink read live."""
+        if self.sink_of(spec) not in RESTARTING:
+            return None
+        surge, unavailable = rollout.counts(
+            self.fleet.replicas, self.max_surge, self.max_unavailable
+        )
+        return Rollout(self.restart_s, surge, unavailable)
+
+
+def with_sink(spec: StopPolicySpec, sink: str) -> StopPolicySpec:
+    """``spec`` as the law sees it with the budget written to ``sink`` (only the sink's
+    type matters to the law: whether a patch restarts pods).  A sink the API does not
+    name yet (aiGateway) is read live, as configMap."""
+    if sink == spec.budget.sink.type.value:
+        return spec
+    try:
+        kind = SinkType(sink)
+    except ValueError:
+        kind = SinkType.CONFIG_MAP
+    written = spec.budget.sink.model_copy(update={"type": kind})
+    budget = spec.budget.model_copy(update={"sink": written})
+    return spec.model_copy(update={"budget": budget})
 
 
 def latency_slo(spec: StopPolicySpec, options: Options) -> tuple[float, str]:
@@ -138,9 +195,14 @@ class Summary:
     #: Generated tokens x policy price / 1e6; None without cost.pricePerMillionTokens.
     cost: float | None
     requests: int
+    #: Mean of the budgets the requests were served at.
     mean_budget: float
     p50_latency_s: float
     max_queue: int
+    #: Rolling updates started per simulated hour (0 for a sink read live).
+    restarts_per_hour: float = 0.0
+    #: Replica-seconds with fewer than ``replicas`` replicas taking requests (restarts).
+    replica_s_lost: float = 0.0
 
     COLUMNS = (
         "strategy",
@@ -156,6 +218,8 @@ class Summary:
         "mean_budget",
         "p50_latency_s",
         "max_queue",
+        "restarts_per_hour",
+        "replica_s_lost",
     )
 
     def row(self) -> dict[str, str | float | int | None]:
@@ -167,7 +231,7 @@ class Run:
     """One strategy's run."""
 
     name: str
-    #: Budget in force during each interval.
+    #: Budget the strategy wrote at the start of each interval.
     budgets: tuple[int, ...]
     #: Fleet signals at each tick, and the policy's pressure from them.
     signals: tuple[FleetSignals, ...]
@@ -183,6 +247,9 @@ class Run:
     summary: Summary
     audits: tuple[AuditRecord, ...] = ()
     calls: tuple[LawCall, ...] = ()
+    #: Per request: the budget it was served at (the one written when it arrived, or with a
+    #: sink read live ``propagation_s`` later; with a rollout, its replica's template).
+    served_at: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -233,6 +300,7 @@ def simulate(
     ``progress(done, total)`` is called after every control tick of every strategy.
     """
     options = options or Options()
+    spec = with_sink(spec, options.sink_of(spec))
     kinds = signal_kinds(spec)
     slo, slo_source = latency_slo(spec, options)
     interval = spec.control.interval.total_seconds()
@@ -297,6 +365,32 @@ def simulate(
     )
 
 
+class _Writer:
+    """The budget a strategy writes, reaching the requests through the sink: with a sink
+    read live, every request arriving ``propagation_s`` after the patch is served at it;
+    with a sink in the pod template, the fleet rolls its replicas (:class:`Fleet`)."""
+
+    def __init__(self, options: Options, spec: StopPolicySpec, first: int) -> None:
+        self.propagation = options.propagation_s
+        self.rollout = options.rolling_update(spec)
+        self.current = first
+        self.written = first
+        self.pending: list[tuple[float, int]] = []
+
+    def write(self, fleet: Fleet, budget: int, t: float) -> None:
+        if self.rollout is not None:
+            fleet.set_template(budget, t)
+        elif budget != self.written:
+            self.pending.append((t + self.propagation, budget))
+        self.written = budget
+
+    def at(self, arrival: float) -> int:
+        """The budget a request arriving at ``arrival`` is served at (sink read live)."""
+        while self.pending and self.pending[0][0] <= arrival:
+            self.current = self.pending.pop(0)[1]
+        return self.current
+
+
 def _run(
     strategy: Strategy,
     workload: Workload,
@@ -309,9 +403,11 @@ def _run(
     tick: Callable[[], None],
 ) -> Run:
     n = len(workload)
-    fleet = Fleet(options.fleet, n)
+    fleet = Fleet(options.fleet, 0)  # before the first budget: empty
+    writer: _Writer | None = None
     generated = [0] * n
     correct = [False] * n
+    served_at = [0] * n
     budgets: list[int] = []
     signals: list[FleetSignals] = []
     pressure: list[float] = []
@@ -327,6 +423,10 @@ def _run(
 
         return window
 
+    def cost(request: int, budget: int) -> tuple[float, int]:
+        served = at(budget)
+        return served.work[request], served.kv[request]
+
     interval = workload.interval
     for k in range(workload.intervals):
         t = k * interval
@@ -334,53 +434,44 @@ def _run(
         sig = fleet.signals(t)
         window = completed_within(t)
         recent = window(options.fleet.window_s)
-        arrival_rate, throughput = _rates(workload, t, options.fleet.window_s, recent)
-        observation = Observation(
-            signals=tuple(
-                SignalReading(name, target, SIGNAL_KINDS[kind](sig)) for name, target, kind in kinds
-            ),
-            em=recent.em if live_em else None,
-            arrival_rate=arrival_rate,
-            throughput=throughput,
-            served_tokens=recent.mean_tokens,
-        )
+        rates = _rates(workload, t, options.fleet.window_s, recent)
+        observation = _observation(kinds, sig, recent, rates, live_em=live_em)
         ledger.append((fleet.arrived, fleet.completed, fleet.queued, fleet.running))
         signals.append(sig)
         pressure.append(observation.pressure)
         budget = strategy.budget(Tick(k, t, now, sig, observation, window))
         budgets.append(budget)
-        served = at(budget)
-        lo, hi = workload.bounds(k)
-        arrivals = []
-        for i in range(lo, hi):
-            generated[i] = served.generated[i]
-            correct[i] = served.correct[i]
-            arrivals.append((workload.arrivals[i], i, served.work[i], served.kv[i]))
+        if writer is None:  # the Deployment as the strategy found it: at its first budget
+            writer = _Writer(options, spec, budget)
+            fleet = Fleet(options.fleet, n, writer.rollout, cost, budget)
+        writer.write(fleet, budget, t)
+        arrivals = _admit(workload, k, writer, at, (served_at, generated, correct))
         fleet.run(t + interval, arrivals)
-        for q in fleet.log[len(hits_upto) - 1 :]:
-            hits_upto.append(hits_upto[-1] + correct[q])
-            tokens_upto.append(tokens_upto[-1] + generated[q])
+        _record(fleet, at, hits_upto, tokens_upto, generated, correct, served_at)
         tick()
     fleet.drain()
+    _record(fleet, at, hits_upto, tokens_upto, generated, correct, served_at)
     ledger.append((fleet.arrived, fleet.completed, fleet.queued, fleet.running))
     if isinstance(strategy, StopBudget):
         strategy.finish()
     latency = tuple(fleet.done[i] - workload.arrivals[i] for i in range(n))
-    interval_em: list[float | None] = []
-    for k in range(workload.intervals):
-        lo, hi = workload.bounds(k)
-        interval_em.append(sum(correct[lo:hi]) / (hi - lo) if hi > lo else None)
+    interval_em = _interval_em(workload, correct)
+    hours = workload.intervals * workload.interval / 3600
     summary = _summary(
         strategy.name,
         spec,
         workload,
         budgets,
+        served_at,
         generated,
         correct,
         latency,
         slo,
         fleet.max_queue,
         options.eval_window_s,
+    )
+    summary = dataclasses.replace(
+        summary, restarts_per_hour=fleet.rollouts / hours, replica_s_lost=fleet.lost_s
     )
     return Run(
         name=strategy.name,
@@ -395,7 +486,62 @@ def _run(
         summary=summary,
         audits=tuple(strategy.audits) if isinstance(strategy, StopBudget) else (),
         calls=tuple(strategy.calls) if isinstance(strategy, StopBudget) else (),
+        served_at=tuple(served_at),
     )
+
+
+def _observation(
+    kinds: Sequence[tuple[str, float, str]],
+    sig: FleetSignals,
+    recent: Window,
+    rates: tuple[float | None, float | None],
+    *,
+    live_em: bool,
+) -> Observation:
+    """What the operator's Prometheus reader would return at this tick."""
+    arrival_rate, throughput = rates
+    return Observation(
+        signals=tuple(
+            SignalReading(name, target, SIGNAL_KINDS[kind](sig)) for name, target, kind in kinds
+        ),
+        em=recent.em if live_em else None,
+        arrival_rate=arrival_rate,
+        throughput=throughput,
+        served_tokens=recent.mean_tokens,
+    )
+
+
+def _admit(
+    workload: Workload,
+    k: int,
+    writer: _Writer,
+    at: Callable[[int], Served],
+    outcome: tuple[list[int], list[int], list[bool]],
+) -> list[tuple[float, int, float, int]]:
+    """The requests arriving in interval ``k``, with their cost at the budget the sink
+    serves them (during a rollout the replica they land on decides: cost filled later)."""
+    served_at, generated, correct = outcome
+    lo, hi = workload.bounds(k)
+    arrivals = []
+    for i in range(lo, hi):
+        if writer.rollout is None:
+            served = at(writer.at(workload.arrivals[i]))
+            served_at[i] = served.budget
+            generated[i] = served.generated[i]
+            correct[i] = served.correct[i]
+            arrivals.append((workload.arrivals[i], i, served.work[i], served.kv[i]))
+        else:
+            arrivals.append((workload.arrivals[i], i, 0.0, 0))
+    return arrivals
+
+
+def _interval_em(workload: Workload, correct: Sequence[bool]) -> list[float | None]:
+    """EM of the requests that arrived in each interval (None: none arrived)."""
+    em: list[float | None] = []
+    for k in range(workload.intervals):
+        lo, hi = workload.bounds(k)
+        em.append(sum(correct[lo:hi]) / (hi - lo) if hi > lo else None)
+    return em
 
 
 def _rates(
@@ -411,11 +557,33 @@ def _rates(
     return arrived / span, recent.tokens / span
 
 
+def _record(
+    fleet: Fleet,
+    at: Callable[[int], Served],
+    hits_upto: list[int],
+    tokens_upto: list[int],
+    generated: list[int],
+    correct: list[bool],
+    served_at: list[int],
+) -> None:
+    """Add the requests completed since the last call to the prefix sums (and, with a
+    rollout, take their budget from the replica that served them)."""
+    for q in fleet.log[len(hits_upto) - 1 :]:
+        if fleet.rollout is not None:
+            served = at(fleet.budget_of[q])
+            served_at[q] = served.budget
+            generated[q] = served.generated[q]
+            correct[q] = served.correct[q]
+        hits_upto.append(hits_upto[-1] + correct[q])
+        tokens_upto.append(tokens_upto[-1] + generated[q])
+
+
 def _summary(
     name: str,
     spec: StopPolicySpec,
     workload: Workload,
     budgets: Sequence[int],
+    served_at: Sequence[int],
     generated: Sequence[int],
     correct: Sequence[bool],
     latency: Sequence[float],
@@ -424,10 +592,7 @@ def _summary(
     eval_window: float,
 ) -> Summary:
     n = len(generated)
-    weighted_budget = 0
-    for k, b in enumerate(budgets):
-        lo, hi = workload.bounds(k)
-        weighted_budget += b * (hi - lo)
+    weighted_budget = sum(served_at)
     met = below = nonempty = 0
     for lo, hi in evaluation_windows(workload, eval_window):
         if hi == lo:

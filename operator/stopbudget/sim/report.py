@@ -34,8 +34,27 @@ def header(comparison: Comparison) -> str:
         f"emTarget {spec.quality.em_target:g}, emFloor {spec.quality.em_floor:g}, "
         f"interval {c.workload.interval:g}s, latency SLO {c.slo_s:g}s ({c.slo_source}), "
         f"{len(audits)} audit(s) of stopbudget",
+        sink_line(comparison),
     ]
     return "\n".join(lines + [f"note: {n}" for n in notes(comparison)])
+
+
+def sink_line(comparison: Comparison) -> str:
+    """How a budget change reaches the requests, and what the oracle is charged."""
+    options, spec = comparison.options, comparison.spec
+    sink = options.sink_of(spec)
+    rolling = options.rolling_update(spec)
+    if rolling is None:
+        how = f"read live, a new budget serves requests {options.propagation_s:g}s after the patch"
+    else:
+        how = (
+            f"in the pod template, every patch rolls the pods (maxSurge {rolling.max_surge}, "
+            f"maxUnavailable {rolling.max_unavailable}, {rolling.restart_s:g}s to start a pod)"
+        )
+    return (
+        f"sink {sink}: {how}; the oracle plans as if budgets applied at once and is "
+        "charged the same"
+    )
 
 
 def notes(comparison: Comparison) -> list[str]:
@@ -65,6 +84,8 @@ ROW_HEADER = (
     "SLO met",
     "changes/h",
     "cost",
+    "restarts/h",
+    "replica-s lost",
 )
 
 
@@ -79,6 +100,8 @@ def _cells(s: Summary) -> list[str]:
         _pct(s.slo_attainment),
         _num(s.budget_changes_per_hour),
         _num(s.cost, 2),
+        _num(s.restarts_per_hour),
+        _num(s.replica_s_lost, 0),
     ]
 
 

@@ -10,7 +10,8 @@ arrive until the next tick:
   with simulated audits scheduled by the operator's scheduler,
   :func:`stopbudget.core.audits.schedule.decide` (:class:`StopBudget`);
 * ``oracle``: a schedule computed beforehand with perfect knowledge
-  (:class:`Schedule`, built by the engine from :mod:`stopbudget.sim.model`).
+  (:class:`Schedule`, built by the engine from :mod:`stopbudget.sim.model`),
+  written through the same sink as the others (charged the same restarts).
 """
 
 from __future__ import annotations
