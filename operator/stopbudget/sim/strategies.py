@@ -19,15 +19,17 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from stopbudget.api import (
     RESTARTING_SINKS,
     Audit,
+    AuditResult,
     AuditScheduleState,
     AuditTrigger,
     CurveSource,
+    LastAudit,
     StopPolicySpec,
 )
 from stopbudget.core.audits import schedule
@@ -197,14 +199,18 @@ def schedule_audit(
     created: datetime,
     running: bool,
     observation: Observation,
+    evidence: bool = True,
+    last_audit: LastAudit | None = None,
 ) -> schedule.ScheduleDecision:
     """Whether an audit starts this tick: :func:`stopbudget.core.audits.schedule.decide`,
     called as the operator's tick (``controller/reconcile.py``) calls it.
 
     ``created`` is the policy's creation (its first audit, trigger ``spec-change``, is
     due then); ``running`` whether an audit runs now; the pressure is the tick's, unknown
-    when its metrics failed.  No annotation asks for a manual audit in a simulation, and
-    no operator restart interrupts one.
+    when its metrics failed; ``evidence`` whether the law has a curve (False: a cold
+    start, audited at once and never deferred); ``last_audit`` the latest audit as status
+    would show it.  No annotation asks for a manual audit in a simulation, and no operator
+    restart interrupts one.
     """
     return schedule.decide(
         audit,
@@ -214,6 +220,8 @@ def schedule_audit(
         running=running,
         pressure=observation.pressure if observation.ok else None,
         annotations={},
+        last_audit=last_audit,
+        evidence=evidence,
     )
 
 
@@ -223,7 +231,8 @@ class StopBudget:
 
     Before the first audit the curve is ``quality.prior``.  Audits are scheduled by the
     operator's own scheduler (:func:`schedule_audit`), with the policy created at
-    ``created`` (the first tick): the first audit at creation (trigger ``spec-change``),
+    ``created`` (the first tick): the first audit at creation (trigger ``spec-change``;
+    ``cold-start`` without a prior, never deferred: until it lands the law has no curve),
     then one per slot of the policy's cron schedule on the simulated clock, or, with
     ``audit_every``, one per period of that many seconds (a fixed period has no cron
     expression: each period queues a ``schedule`` trigger through
@@ -316,11 +325,27 @@ class StopBudget:
             created=self.created,
             running=self._pending is not None,
             observation=tick.observation,
+            evidence=not self.curve.empty,
+            last_audit=self._last_audit(),
         )
         self._schedule = plan.state if self._audit is not None else None
         if plan.action is schedule.Action.START and plan.trigger is not None:
             self._measure(t, plan.trigger)
         return decision.budget
+
+    def _last_audit(self) -> LastAudit | None:
+        """``status.lastAudit`` as the operator would write it: the running or latest audit."""
+        record = self._pending or (self.audits[-1] if self.audits else None)
+        if record is None:
+            return None
+        result = AuditResult.RUNNING if record is self._pending else AuditResult.SUCCEEDED
+        when = self.created + timedelta(seconds=record.started)
+        return LastAudit(time=when, trigger=record.trigger, result=result)
+
+    def first_evidence(self) -> float | None:
+        """Simulated seconds from creation to the first decision made with a curve (a
+        prior counts from the first tick); None if the law never had one."""
+        return next((c.t for c in self.calls if not c.curve.empty), None)
 
     def finish(self) -> None:
         """Record an audit still running at the end."""
