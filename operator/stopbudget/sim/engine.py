@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import pairwise
 
-from stopbudget.api import StopPolicySpec
+from stopbudget.api import StopPolicySpec, format_duration
 from stopbudget.core.law import Observation, SignalReading
+from stopbudget.sim import coldstart
+from stopbudget.sim.coldstart import ColdStart
 from stopbudget.sim.fleet import Fleet, FleetConfig, FleetSignals, quantile
 from stopbudget.sim.inputs import QualityTable, Trace
 from stopbudget.sim.model import Objective, Served, Workload, candidates, meets, serve
@@ -32,6 +34,7 @@ from stopbudget.sim.strategies import (
     Strategy,
     Tick,
     Window,
+    audit_seconds,
 )
 
 #: What the fleet exports, by the signal kind a policy's signal name maps to.
@@ -99,14 +102,18 @@ class Options:
     #: Audit period in simulated seconds, in place of the policy's audit.schedule; None:
     #: the schedule (cron, on the simulated clock).
     audit_every_s: float | None = None
-    #: Time from an audit's start to its curve being used.
-    audit_duration_s: float = 300.0
+    #: Time from an audit's start to its curve being used; None: modelled from the audit's
+    #: work (:func:`stopbudget.sim.strategies.audit_seconds`).
+    audit_duration_s: float | None = 300.0
     #: EM-target attainment and time below floor are judged on windows this long
     #: (whole control intervals), over the requests arriving in each.
     eval_window_s: float = 300.0
     reactive: ReactiveConfig = field(default_factory=ReactiveConfig)
     #: Strategy names to run (None: all); the oracle always runs.
     only: tuple[str, ...] | None = None
+    #: Cold start (:mod:`stopbudget.sim.coldstart`): quality.prior dropped, the policy
+    #: created at the trace's busiest minute, an hour from there.
+    cold_start: bool = False
 
 
 def latency_slo(spec: StopPolicySpec, options: Options) -> tuple[float, str]:
@@ -182,6 +189,9 @@ class Run:
     summary: Summary
     audits: tuple[AuditRecord, ...] = ()
     calls: tuple[LawCall, ...] = ()
+    #: Seconds from the policy's creation to the law's first decision with a curve (0 with
+    #: a prior; None: never, or not the real law).
+    first_evidence_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +210,11 @@ class Comparison:
     quality_levels: tuple[int, ...]
     served: Mapping[int, Served]
     runs: tuple[Run, ...]
+    #: Seconds from an audit's start to its curve being used, and where that comes from.
+    audit_duration_s: float = 300.0
+    audit_duration_source: str = "--audit-duration"
+    #: The cold-start run's start (``Options.cold_start``), else None.
+    cold_start: ColdStart | None = None
 
     def run(self, name: str) -> Run:
         for r in self.runs:
@@ -232,6 +247,10 @@ def simulate(
     ``progress(done, total)`` is called after every control tick of every strategy.
     """
     options = options or Options()
+    cold = coldstart.at_busiest_minute(trace) if options.cold_start else None
+    if cold is not None:
+        trace, spec = cold.trace, coldstart.without_prior(spec)
+    audit_s, audit_source = audit_duration(spec, quality, options)
     kinds = signal_kinds(spec)
     slo, slo_source = latency_slo(spec, options)
     interval = spec.control.interval.total_seconds()
@@ -262,7 +281,7 @@ def simulate(
             spec,
             quality,
             created=trace.start,
-            audit_duration=options.audit_duration_s,
+            audit_duration=audit_s,
             seed=options.seed,
             audit_every=options.audit_every_s,
         )
@@ -293,7 +312,32 @@ def simulate(
         quality_levels=quality.levels,
         served=served,
         runs=runs,
+        audit_duration_s=audit_s,
+        audit_duration_source=audit_source,
+        cold_start=cold,
     )
+
+
+def audit_duration(
+    spec: StopPolicySpec, quality: QualityTable, options: Options
+) -> tuple[float, str]:
+    """Seconds from a simulated audit's start to its curve being used, and the source."""
+    if options.audit_duration_s is not None:
+        return options.audit_duration_s, "--audit-duration"
+    if spec.audit is None:
+        return 0.0, "no audit"
+    a, fleet = spec.audit, options.fleet
+    seconds = audit_seconds(a, quality, fleet)
+    source = (
+        f"modelled: {min(a.sample_size, quality.questions)} questions, method {a.method.value}, "
+        f"concurrency {a.concurrency}, {fleet.rate(fleet.max_batch):.1f} tokens/s per sequence"
+    )
+    if seconds > a.timeout.total_seconds():
+        source += (
+            f"; longer than audit.timeout {format_duration(a.timeout)}: the operator would "
+            "stop it (here its curve is used when it ends)"
+        )
+    return seconds, source
 
 
 def _run(
@@ -389,6 +433,7 @@ def _run(
         summary=summary,
         audits=tuple(strategy.audits) if isinstance(strategy, StopBudget) else (),
         calls=tuple(strategy.calls) if isinstance(strategy, StopBudget) else (),
+        first_evidence_s=strategy.first_evidence() if isinstance(strategy, StopBudget) else None,
     )
 
 

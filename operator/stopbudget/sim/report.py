@@ -35,7 +35,29 @@ def header(comparison: Comparison) -> str:
         f"interval {c.workload.interval:g}s, latency SLO {c.slo_s:g}s ({c.slo_source}), "
         f"{len(audits)} audit(s) of stopbudget",
     ]
+    lines.append(
+        f"audits take {c.audit_duration_s:,.0f}s from start to use ({c.audit_duration_source})"
+    )
+    lines += cold_start_lines(comparison)
     return "\n".join(lines + [f"note: {n}" for n in notes(comparison)])
+
+
+def cold_start_lines(comparison: Comparison) -> list[str]:
+    """With ``--cold-start``: where the run starts and the time to first evidence."""
+    cold = comparison.cold_start
+    if cold is None:
+        return []
+    again = "; the trace repeats after its end" if cold.wrapped else ""
+    out = [
+        f"cold start: quality.prior dropped; policy created at the busiest minute, minute "
+        f"{cold.minute} of the trace ({cold.requests} requests), "
+        f"{cold.trace.start:%Y-%m-%d %H:%M:%S} UTC, for an hour{again}"
+    ]
+    if any(r.name == "stopbudget" for r in comparison.runs):
+        first = comparison.run("stopbudget").first_evidence_s
+        when = "never" if first is None else f"{first:,.0f}s"
+        out.append(f"time to first evidence (creation to the first decision with a curve): {when}")
+    return out
 
 
 def notes(comparison: Comparison) -> list[str]:

@@ -25,6 +25,7 @@ from typing import Protocol
 from stopbudget.api import (
     RESTARTING_SINKS,
     Audit,
+    AuditMethod,
     AuditResult,
     AuditScheduleState,
     AuditTrigger,
@@ -35,7 +36,7 @@ from stopbudget.api import (
 from stopbudget.core.audits import schedule
 from stopbudget.core.curve import Curve, Point, from_prior
 from stopbudget.core.law import Decision, Observation, State, decide
-from stopbudget.sim.fleet import FleetSignals
+from stopbudget.sim.fleet import FleetConfig, FleetSignals
 from stopbudget.sim.inputs import QualityTable
 from stopbudget.sim.model import answer
 
@@ -223,6 +224,28 @@ def schedule_audit(
         last_audit=last_audit,
         evidence=evidence,
     )
+
+
+def audit_seconds(audit: Audit, quality: QualityTable, fleet: FleetConfig) -> float:
+    """How long a simulated audit takes, from its work (``--audit-duration model``).
+
+    An audit of ``n = min(sampleSize, questions)`` questions generates, per question,
+    the thinking tokens the quality file records (the mean over its questions): at every
+    ladder budget with ``method: direct`` (one request per question and budget), at the
+    largest with ``truncate`` (one request, scored on each prefix).  It decodes
+    ``concurrency`` sequences at a time at the rate of a sequence in a full batch
+    (``1 / (step + step-per-seq x maxBatch)`` tokens/s: the audit shares a busy replica),
+    so it takes ``n x tokens per question / (concurrency x rate)`` seconds.  Prefill and
+    the answers' own tokens are left out (a lower bound).
+    """
+    ladder = sorted(audit.budgets)
+    budgets = ladder if audit.method == AuditMethod.DIRECT else ladder[-1:]
+    questions = range(quality.questions)
+    per_question = sum(
+        sum(answer(quality, q, b)[1] for q in questions) / quality.questions for b in budgets
+    )
+    size = min(audit.sample_size, quality.questions)
+    return size * per_question / (audit.concurrency * fleet.rate(fleet.max_batch))
 
 
 @dataclass
