@@ -54,6 +54,15 @@ def test_an_hour_from_the_busiest_minute_repeats_the_trace_after_its_end() -> No
     assert inside.arrivals == (10.0,)
 
 
+def test_a_window_before_the_trace_takes_the_repetition_before_it() -> None:
+    trace = _trace([0.0, 10.0, 70.0, 130.0, 170.0])
+    run, wrapped = coldstart.window(trace, -60.0, 120.0, "w")
+    assert wrapped
+    assert run.start == START - timedelta(minutes=1)
+    assert run.arrivals == (10.0, 50.0, 60.0, 70.0)
+    assert run.context == (3, 4, 0, 1)
+
+
 @settings(max_examples=100, deadline=None)
 @given(
     arrivals=st.lists(st.floats(0, 7200, allow_nan=False), min_size=1, max_size=60).map(sorted),
@@ -114,13 +123,21 @@ def test_cold_start_run_audits_at_creation_under_overload(quality: QualityTable)
     assert cold is not None
     assert cold.minute == coldstart.busiest_minute(trace)[0]
     run = comparison.run("stopbudget")
-    assert run.audits[0].started == 0.0
-    assert run.audits[0].trigger == api.AuditTrigger.COLD_START
-    assert run.pressure[0] > 1 or max(run.pressure[:5]) > 1  # created while overloaded
     interval = comparison.workload.interval
+    created = run.calls[0].t  # the law's first tick: after the warm-up
+    assert created == round(coldstart.WARMUP / OPTIONS.time_scale / interval) * interval
+    assert set(run.budgets[: int(created / interval)]) == {1024}  # budget.initial before
+    assert run.audits[0].started == created
+    assert run.audits[0].trigger == api.AuditTrigger.COLD_START
+    assert run.pressure[int(created / interval)] > 1  # created while overloaded
     assert run.first_evidence_s == math.ceil(45.0 / interval) * interval
-    before = [c for c in run.calls if c.t < 45.0]
+    before = [c for c in run.calls if c.t < created + 45.0]
+    assert before
     assert all(c.decision.rule == "no_evidence" for c in before)
+    assert all(c.decision.rule != "no_evidence" for c in run.calls[len(before) :])
+    # The figures count from the creation: the warm-up's requests are left out.
+    arrived = comparison.workload.bounds(int(created / interval))[0]
+    assert run.summary.requests == len(comparison.workload) - arrived
     text = report.header(comparison)
     assert "time to first evidence (creation to the first decision with a curve): 50s" in text
     assert f"minute {cold.minute} of the trace" in text

@@ -266,6 +266,9 @@ def simulate(
             )
         return served[budget]
 
+    # Cold start: the policy is created at tick ``created`` (after the warm-up); before it
+    # every strategy serves budget.initial.
+    created = round(cold.warmup / options.time_scale / interval) if cold is not None else 0
     objective = Objective(
         spec.quality.em_target, spec.quality.em_floor, options.fleet.capacity * interval
     )
@@ -280,7 +283,7 @@ def simulate(
         StopBudget(
             spec,
             quality,
-            created=trace.start,
+            created=trace.start + timedelta(seconds=created * interval),
             audit_duration=audit_s,
             seed=options.seed,
             audit_every=options.audit_every_s,
@@ -298,7 +301,8 @@ def simulate(
             progress(ticks[0], total)
 
     runs = tuple(
-        _run(s, workload, spec, options, kinds, slo, trace.start, at, tick) for s in strategies
+        _run(s, workload, spec, options, kinds, slo, trace.start, at, tick, created)
+        for s in strategies
     )
     return Comparison(
         spec=spec,
@@ -350,6 +354,7 @@ def _run(
     start: datetime,
     at: Callable[[int], Served],
     tick: Callable[[], None],
+    created: int = 0,
 ) -> Run:
     n = len(workload)
     fleet = Fleet(options.fleet, n)
@@ -385,7 +390,11 @@ def _run(
         ledger.append((fleet.arrived, fleet.completed, fleet.queued, fleet.running))
         signals.append(sig)
         pressure.append(observation.pressure)
-        budget = strategy.budget(Tick(k, t, now, sig, observation, window))
+        budget = (
+            strategy.budget(Tick(k, t, now, sig, observation, window))
+            if k >= created
+            else spec.budget.start  # cold start: before the policy exists
+        )
         budgets.append(budget)
         served = at(budget)
         lo, hi = workload.bounds(k)
@@ -408,14 +417,15 @@ def _run(
     for k in range(workload.intervals):
         lo, hi = workload.bounds(k)
         interval_em.append(sum(correct[lo:hi]) / (hi - lo) if hi > lo else None)
+    lo = workload.bounds(created)[0]  # the figures count from the policy's creation
     summary = _summary(
         strategy.name,
         spec,
-        workload,
-        budgets,
-        generated,
-        correct,
-        latency,
+        coldstart.after(workload, created),
+        budgets[created:],
+        generated[lo:],
+        correct[lo:],
+        latency[lo:],
         slo,
         fleet.max_queue,
         options.eval_window_s,
@@ -433,8 +443,14 @@ def _run(
         summary=summary,
         audits=tuple(strategy.audits) if isinstance(strategy, StopBudget) else (),
         calls=tuple(strategy.calls) if isinstance(strategy, StopBudget) else (),
-        first_evidence_s=strategy.first_evidence() if isinstance(strategy, StopBudget) else None,
+        first_evidence_s=_since(strategy.first_evidence(), created * interval)
+        if isinstance(strategy, StopBudget)
+        else None,
     )
+
+
+def _since(t: float | None, origin: float) -> float | None:
+    return None if t is None else t - origin
 
 
 def _summary(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 
 from stopbudget import api
@@ -51,7 +52,9 @@ def cold_start_lines(comparison: Comparison) -> list[str]:
     out = [
         f"cold start: quality.prior dropped; policy created at the busiest minute, minute "
         f"{cold.minute} of the trace ({cold.requests} requests), "
-        f"{cold.trace.start:%Y-%m-%d %H:%M:%S} UTC, for an hour{again}"
+        f"{cold.trace.start + timedelta(seconds=cold.warmup):%Y-%m-%d %H:%M:%S} UTC, for "
+        f"an hour{again}; the {cold.warmup / 60:g} minutes before load the fleet at "
+        "budget.initial (every strategy) and the figures count from the creation"
     ]
     if any(r.name == "stopbudget" for r in comparison.runs):
         first = comparison.run("stopbudget").first_evidence_s

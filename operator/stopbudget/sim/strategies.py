@@ -288,6 +288,7 @@ class StopBudget:
         self.curve = from_prior(self.spec.quality.prior, self.spec.quality.confidence)
         self.state = State()
         self._rng = random.Random(f"audits:{self.seed}")  # noqa: S311 - not security
+        self._origin = self.created
         self._pending: AuditRecord | None = None
         audit = self.spec.audit
         if audit is not None and self.audit_every is not None:
@@ -324,6 +325,7 @@ class StopBudget:
 
     def budget(self, tick: Tick) -> int:
         t = tick.t
+        self._origin = tick.now - timedelta(seconds=t)  # the instant of t = 0
         # What arrived since the last tick: a finished audit, a period's slot.
         pending = self._pending
         if pending is not None and pending.finished <= t:
@@ -362,12 +364,12 @@ class StopBudget:
         if record is None:
             return None
         result = AuditResult.RUNNING if record is self._pending else AuditResult.SUCCEEDED
-        when = self.created + timedelta(seconds=record.started)
+        when = self._origin + timedelta(seconds=record.started)
         return LastAudit(time=when, trigger=record.trigger, result=result)
 
     def first_evidence(self) -> float | None:
-        """Simulated seconds from creation to the first decision made with a curve (a
-        prior counts from the first tick); None if the law never had one."""
+        """Simulated seconds (of the run) of the first decision made with a curve (the first
+        tick with a prior); None if the law never had one."""
         return next((c.t for c in self.calls if not c.curve.empty), None)
 
     def finish(self) -> None:
