@@ -71,18 +71,18 @@ class Case:
 
 CASES = [
     Case(
-        "new policy without prior under load: cold start at once",
+        "new policy without prior under load: at once, labelled spec-change",
         Action.START,
-        COLD,
+        SPEC,
         state=None,
         created=NOW,
-        reason="not deferred despite pressure 3.00: no evidence yet (cold start)",
-        due=(COLD, SPEC),
+        reason="(also due: cold-start); not deferred despite pressure 3.00: no evidence yet",
+        due=(SPEC, COLD),
     ),
     Case("the same with a prior: deferred", Action.DEFER, SPEC, state=None, evidence=True),
-    Case("no pressure: cold start", Action.START, COLD, state=None, pressure=None),
+    Case("no pressure: at once", Action.START, SPEC, state=None, pressure=None),
     Case("settled spec, never audited (prior removed)", Action.START, COLD, due=(COLD,)),
-    Case("audit running: the cold start waits", Action.WAIT, COLD, state=None, running=True),
+    Case("audit running: the cold start waits", Action.WAIT, COLD, running=True),
     Case(
         "the cold-start audit runs: nothing more is due",
         Action.NONE,
@@ -127,7 +127,7 @@ CASES = [
         ALERT,
         state=request(None, ALERT),
         created=NOW,
-        due=(ALERT, COLD, SPEC),
+        due=(ALERT, SPEC, COLD),
     ),
 ]
 

@@ -534,7 +534,8 @@ def test_a_policy_without_prior_created_under_overload_audits_at_once(
 ) -> None:
     """Cold start (issue 12): no quality.prior, the fleet overloaded (pressure 4 > 1,
     deferUnderPressure and maxDeferral 2h by default): the first audit starts at the first
-    tick, labelled cold-start, and EvidenceReady goes from WaitingForEvidence to True."""
+    tick (labelled spec-change: the policy is new; cold-start is due too) and EvidenceReady
+    goes from WaitingForEvidence to True."""
     items, replies, _ = _golden()
     exporter = make_exporter()
     exporter.set_load(waiting=40, running=96, kv_cache=0.97)
@@ -566,8 +567,8 @@ def test_a_policy_without_prior_created_under_overload_audits_at_once(
         )
         _, reason, message = _evidence(obj) or ("", "", "")
         assert reason == "WaitingForEvidence", message
-        assert "the cold-start audit started at" in message
-        assert _status(obj)["lastAudit"]["trigger"] == "cold-start"
+        assert "the spec-change audit started at" in message
+        assert _status(obj)["lastAudit"]["trigger"] == "spec-change"
         obj = cluster.wait_for(
             *SP, cluster.ns, "chat", lambda o: (_evidence(o) or ("",))[0] == "True", within=60
         )
@@ -581,8 +582,8 @@ def test_a_policy_without_prior_created_under_overload_audits_at_once(
             and (e.get("involvedObject") or {}).get("name") == "chat"
         ]
         assert started, "no AuditStarted Event"
-        assert started[0].startswith("cold-start audit starts: no evidence")
-        assert "not deferred despite pressure" in started[0]
+        assert started[0].startswith("spec-change audit starts: the audit section is new")
+        assert "(also due: cold-start); not deferred despite pressure" in started[0]
         assert not any(e.get("reason") == "AuditDeferred" for e in cluster.events(cluster.ns)), (
             "the cold start was deferred"
         )

@@ -128,7 +128,7 @@ def test_cold_start_run_audits_at_creation_under_overload(quality: QualityTable)
     assert created == round(coldstart.WARMUP / OPTIONS.time_scale / interval) * interval
     assert set(run.budgets[: int(created / interval)]) == {1024}  # budget.initial before
     assert run.audits[0].started == created
-    assert run.audits[0].trigger == api.AuditTrigger.COLD_START
+    assert run.audits[0].trigger == api.AuditTrigger.SPEC_CHANGE  # a new policy
     assert run.pressure[int(created / interval)] > 1  # created while overloaded
     assert run.first_evidence_s == math.ceil(45.0 / interval) * interval
     before = [c for c in run.calls if c.t < created + 45.0]

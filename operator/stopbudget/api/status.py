@@ -89,7 +89,8 @@ class AuditTrigger(StrEnum):
     #: The control law's quality guard: live EM below emFloor.
     QUALITY_GUARD = "quality-guard"
     #: Cold start: the law has no evidence (no quality.prior, no audited curve) and the
-    #: policy was never audited; never deferred by load.
+    #: policy was never audited; never deferred by load.  (A new policy's first audit is
+    #: labelled spec-change, which precedes it, and is never deferred either.)
     COLD_START = "cold-start"
 
 

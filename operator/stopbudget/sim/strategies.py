@@ -255,7 +255,7 @@ class StopBudget:
     Before the first audit the curve is ``quality.prior``.  Audits are scheduled by the
     operator's own scheduler (:func:`schedule_audit`), with the policy created at
     ``created`` (the first tick): the first audit at creation (trigger ``spec-change``;
-    ``cold-start`` without a prior, never deferred: until it lands the law has no curve),
+    without a prior never deferred: until it lands the law has no curve),
     then one per slot of the policy's cron schedule on the simulated clock, or, with
     ``audit_every``, one per period of that many seconds (a fixed period has no cron
     expression: each period queues a ``schedule`` trigger through

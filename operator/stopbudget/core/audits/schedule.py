@@ -14,13 +14,13 @@ Per tick the operator calls :func:`decide` and acts on the
   (queued the same way by the tick when the control law's quality guard asks for
   one: live EM below emFloor), ``manual`` (the annotation
   ``stopbudget.io/audit-requested`` is present, whatever its value),
-  ``cold-start`` (the law has no evidence, ``evidence=False``: no
-  ``quality.prior`` and no audited curve, and no audit was ever recorded in
-  ``status.lastAudit``, or the one recorded was interrupted by an operator
-  restart; recomputed every tick, never state), ``spec-change`` (the hash of
-  the measurement fields of ``spec.audit``,
+  ``spec-change`` (the hash of the measurement fields of ``spec.audit``,
   :func:`audit_spec_hash`, differs from ``state.specHash``; a policy whose audit
-  section is new counts as changed) and ``schedule`` (a cron slot fell in
+  section is new counts as changed), ``cold-start`` (the law has no evidence,
+  ``evidence=False``: no ``quality.prior`` and no audited curve, and no audit
+  was ever recorded in ``status.lastAudit``, or the one recorded was
+  interrupted by an operator restart; recomputed every tick, never state) and
+  ``schedule`` (a cron slot fell in
   ``(state.lastScheduleTime or creation, now]``).
 * **One at a time**: while an audit runs every due trigger waits
   (:attr:`Action.WAIT`); nothing is lost, because every trigger is either state
@@ -40,7 +40,8 @@ Per tick the operator calls :func:`decide` and acts on the
   ``budget.initial`` (often ``max``) until an audit lands, so an audit under load
   costs less than waiting up to ``maxDeferral`` at that budget.  A policy that
   was never audited has the ``cold-start`` trigger due, so its audit starts at
-  the first tick where no audit is running.  An audit that failed is not re-run
+  the first tick where no audit is running (labelled ``spec-change`` when the
+  policy is new, see :data:`PRECEDENCE`).  An audit that failed is not re-run
   by ``cold-start`` (a failing endpoint would be hit back to back); the next
   schedule slot, a manual request or a spec change re-runs it, never deferred.
 * **Starting** consumes everything due: the pending triggers, the due cron slot
@@ -78,14 +79,17 @@ MISSED_RUNS_CAP = 100
 #: by a Prometheus rule, so an audit both asked for stays labelled ``alert``, as it was
 #: before the guard had a trigger of its own; and it goes before ``manual``, because the
 #: guard's audit would have run whether or not someone asked for one too.  ``cold-start``
-#: goes before ``spec-change``: a new policy without a prior has both due, and the label
-#: says why it is never deferred.
+#: comes after ``spec-change``: a new policy without a prior has both due and its first
+#: audit stays labelled ``spec-change`` (the audit section is new), as before; it is
+#: never deferred all the same (no evidence), and its reason says so.  ``cold-start``
+#: labels the audits of the other cases (the prior removed before any audit, the first
+#: audit interrupted by a restart).
 PRECEDENCE: tuple[AuditTrigger, ...] = (
     AuditTrigger.ALERT,
     AuditTrigger.QUALITY_GUARD,
     AuditTrigger.MANUAL,
-    AuditTrigger.COLD_START,
     AuditTrigger.SPEC_CHANGE,
+    AuditTrigger.COLD_START,
     AuditTrigger.SCHEDULE,
 )
 
