@@ -12,7 +12,8 @@ oracle's, for:
   ``maxDeferral`` (2 h);
 
 each with audits taking the simulator's default 5 minutes and with ``--audit-duration
-model`` (derived from the audit's work; the header of ``stopbudget simulate`` says how).
+model`` (derived from the audit's work; the header of ``stopbudget simulate`` says how),
+then the modelled duration of the policy's audit with other methods and concurrencies.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from bench_simulator import ROOT, WORKLOADS
 from stopbudget.cli import simulate
 from stopbudget.sim import report, strategies
 from stopbudget.sim.engine import Comparison
+from stopbudget.sim.inputs import QualityTable, load_quality
 
 
 @contextmanager
@@ -87,7 +89,22 @@ def main() -> int:
         print()
         print(report.markdown(head, rows))
         print()
+        print(audit_durations(cold, load_quality(argv[argv.index("--quality") + 1])))
+        print()
     return 0
+
+
+def audit_durations(comparison: Comparison, quality: QualityTable) -> str:
+    """The modelled duration of the policy's audit with other methods and concurrencies."""
+    audit = comparison.spec.audit
+    assert audit is not None
+    rows = []
+    for method, concurrency in (("direct", 4), ("truncate", 4), ("truncate", 16), ("truncate", 32)):
+        changed = audit.model_copy(update={"method": method, "concurrency": concurrency})
+        seconds = strategies.audit_seconds(changed, quality, comparison.options.fleet)
+        rows.append([method, str(concurrency), f"{seconds:,.0f}"])
+    head = [f"audit ({audit.sample_size} questions)", "concurrency", "modelled audit s"]
+    return report.markdown(head, rows)
 
 
 if __name__ == "__main__":  # run as a script: its directory is on sys.path
