@@ -72,6 +72,7 @@ docs: $(STAMP)
 
 bench: setup
 	$(BIN)/python benchmarks/bench_simulator.py
+	$(BIN)/python benchmarks/bench_cold_start.py
 	$(BIN)/python benchmarks/bench_audit.py
 	$(BIN)/python benchmarks/bench_operator.py --sizes 10,100 --diagnose no
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -508,4 +509,82 @@ def test_an_alert_right_after_a_restart_is_never_lost(
         assert set(answers) <= {202, 503}, answers
         cluster.wait_for(*SP, cluster.ns, name, _last_audit("Succeeded", "alert"), within=30)
         cluster.wait_for_event(cluster.ns, name, "AuditSucceeded", count=2)
+    assert runner.exception is None, runner.output
+
+
+def _prometheus_value(url: str, query: str) -> float | None:
+    address = f"{url}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    with urllib.request.urlopen(address, timeout=5) as response:
+        result = json.load(response)["data"]["result"]
+    return float(result[0]["value"][1]) if result else None
+
+
+def _evidence(obj: dict[str, Any] | None) -> tuple[str, str, str] | None:
+    found = next(
+        (c for c in _status(obj).get("conditions", []) if c["type"] == "EvidenceReady"), None
+    )
+    return None if found is None else (found["status"], found["reason"], found["message"])
+
+
+def test_a_policy_without_prior_created_under_overload_audits_at_once(
+    cluster: Cluster,
+    prometheus_server: servers.DevPrometheus,
+    make_exporter: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cold start (issue 12): no quality.prior, the fleet overloaded (pressure 4 > 1,
+    deferUnderPressure and maxDeferral 2h by default): the first audit starts at the first
+    tick (labelled spec-change: the policy is new; cold-start is due too) and EvidenceReady
+    goes from WaitingForEvidence to True."""
+    items, replies, _ = _golden()
+    exporter = make_exporter()
+    exporter.set_load(waiting=40, running=96, kv_cache=0.97)
+    waiting = f'vllm:num_requests_waiting{{model_name="{exporter.model_name}"}}'
+    wait_for(
+        lambda: _prometheus_value(prometheus_server.url, waiting) == 40,
+        what="Prometheus to scrape the overloaded engine",
+        timeout=30,
+    )
+    _env(monkeypatch, cluster, prometheus_server.url, servers.free_port())
+    monkeypatch.setenv("STOPBUDGET_QUERY_WINDOW", "10s")
+    cluster.create(_deployment(cluster.ns))
+    cluster.create(_configmap(cluster.ns, items))
+    policy = _policy(cluster.ns, "")
+    policy["spec"]["load"] = {
+        "preset": "vllm",
+        "selector": {"model_name": exporter.model_name},
+        "signals": [{"name": "queue", "target": 10}],
+    }
+    # Each answer takes a moment (up to 100 tokens x 5 ms): the waiting state is seen.
+    with (
+        ThreadedOpenAIServer(replies, token_delay=0.005) as server,
+        KopfRunner(OPERATOR, timeout=60) as runner,
+    ):
+        policy["spec"]["audit"]["endpoint"] = server.url
+        cluster.create(policy)
+        obj = cluster.wait_for(
+            *SP, cluster.ns, "chat", lambda o: (_evidence(o) or ("",))[0] == "False", within=30
+        )
+        _, reason, message = _evidence(obj) or ("", "", "")
+        assert reason == "WaitingForEvidence", message
+        assert "the spec-change audit started at" in message
+        assert _status(obj)["lastAudit"]["trigger"] == "spec-change"
+        obj = cluster.wait_for(
+            *SP, cluster.ns, "chat", lambda o: (_evidence(o) or ("",))[0] == "True", within=60
+        )
+        assert (_evidence(obj) or ("", ""))[1] == "AuditCurve"
+        assert _status(obj)["lastAudit"]["result"] == "Succeeded"
+        assert _status(obj)["pressure"] > 1
+        started = [
+            str(e.get("message"))
+            for e in cluster.events(cluster.ns)
+            if e.get("reason") == "AuditStarted"
+            and (e.get("involvedObject") or {}).get("name") == "chat"
+        ]
+        assert started, "no AuditStarted Event"
+        assert started[0].startswith("spec-change audit starts: the audit section is new")
+        assert "(also due: cold-start); not deferred despite pressure" in started[0]
+        assert not any(e.get("reason") == "AuditDeferred" for e in cluster.events(cluster.ns)), (
+            "the cold start was deferred"
+        )
     assert runner.exception is None, runner.output

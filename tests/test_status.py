@@ -259,3 +259,94 @@ def test_an_invalid_spec_changes_ready_only_and_says_so_once() -> None:
     assert invalid.original_value == before.original_value
     _, again = build_invalid(invalid, "spec.budget.min: too small", NOW, 4)
     assert again == []
+
+
+# ---------------------------------------------------------------------------- EvidenceReady
+
+AUDIT_SPEC = SPEC.model_copy(
+    update={
+        "audit": api.Audit.model_validate({"endpoint": "http://vllm:8000", "model": "m",
+                 "dataset": {"configMapRef": {"name": "golden"}}, "budgets": [256, 512]}),
+        "quality": SPEC.quality.model_copy(update={"prior": []}),
+    }
+)  # fmt: skip
+NO_CURVE = curve.in_use([], api.CurveSource.NONE, [], SPEC.quality.confidence)
+AUDITED_CURVE = curve.Curve.of(
+    [curve.Point(budget=256, hits=80, samples=100), curve.Point(budget=512, hits=90, samples=100)],
+    SPEC.quality.confidence,
+    api.CurveSource.AUDIT,
+)
+COLD_RUNNING = api.LastAudit(
+    time=NOW, trigger=api.AuditTrigger.COLD_START, result=api.AuditResult.RUNNING
+)
+COLD_FAILED = COLD_RUNNING.model_copy(
+    update={"result": api.AuditResult.FAILED, "message": "cold-start audit failed: HTTP 503"}
+)
+WAITING = dataclasses.replace(
+    PLAN, action=schedule.Action.WAIT, trigger=api.AuditTrigger.COLD_START,
+    reason="cold-start audit waits for the running audit to end",
+)  # fmt: skip
+NEXT = dataclasses.replace(PLAN, next_audit_time=NOW + timedelta(hours=1))
+COLD = {"spec": AUDIT_SPEC, "curve": NO_CURVE}
+
+# (id, facts changes, (status, reason), words of the message)
+EVIDENCE: list[tuple[str, dict[str, Any], tuple[str, str], list[str]]] = [
+    ("prior", {}, ("True", "PriorCurve"), ["quality.prior"]),
+    ("audited", {"curve": AUDITED_CURVE}, ("True", "AuditCurve"), ["audits"]),
+    (
+        "no prior, no audit section",
+        {"spec": SPEC.model_copy(update={"quality": AUDIT_SPEC.quality}), "curve": NO_CURVE},
+        ("False", "NoEvidence"),
+        ["add quality.prior or an audit section", "budget.initial (1024)"],
+    ),
+    (
+        "cold-start audit running",
+        {**COLD, "last_audit": COLD_RUNNING},
+        ("False", "WaitingForEvidence"),
+        ["the cold-start audit started at 2026-12-02T12:00:00Z is running", "budget.initial"],
+    ),
+    (
+        "cold-start audit queued behind another",
+        {**COLD, "plan": WAITING},
+        ("False", "WaitingForEvidence"),
+        ["the cold-start audit is queued"],
+    ),
+    (
+        "first audit failed, next one scheduled",
+        {**COLD, "last_audit": COLD_FAILED, "audited": COLD_FAILED, "plan": NEXT},
+        ("False", "WaitingForEvidence"),
+        ["the last audit failed (cold-start audit failed: HTTP 503)", "2026-12-02T13:00:00Z"],
+    ),
+    (
+        "first audit failed, nothing scheduled",
+        {**COLD, "last_audit": COLD_FAILED, "audited": COLD_FAILED},
+        ("False", "WaitingForEvidence"),
+        [api.ANNOTATION_AUDIT_REQUESTED],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected", "words"),
+    [pytest.param(c, e, w, id=i) for i, c, e, w in EVIDENCE],
+)
+def test_evidence_ready_says_what_the_law_waits_for(
+    changes: dict[str, Any], expected: tuple[str, str], words: list[str]
+) -> None:
+    new, _ = build(OLD, facts(**changes))
+    assert cond(new, api.ConditionType.EVIDENCE_READY) == expected
+    found = next(c for c in new.conditions if c.type == api.ConditionType.EVIDENCE_READY.value)
+    for word in words:
+        assert word in found.message
+
+
+def test_evidence_ready_turns_true_when_the_first_audit_lands() -> None:
+    waiting, _ = build(OLD, facts(**COLD, last_audit=COLD_RUNNING))
+    later = NOW + timedelta(minutes=7)
+    landed = COLD_RUNNING.model_copy(update={"result": api.AuditResult.SUCCEEDED})
+    ready, _ = build(
+        waiting, facts(spec=AUDIT_SPEC, curve=AUDITED_CURVE, last_audit=landed, now=later)
+    )
+    assert cond(ready, api.ConditionType.EVIDENCE_READY) == ("True", "AuditCurve")
+    found = next(c for c in ready.conditions if c.type == api.ConditionType.EVIDENCE_READY.value)
+    assert found.last_transition_time == later

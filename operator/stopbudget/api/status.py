@@ -26,6 +26,9 @@ class ConditionType(StrEnum):
     READY = "Ready"
     METRICS_AVAILABLE = "MetricsAvailable"
     AUDITED = "Audited"
+    #: Whether the law has evidence (an audited curve or quality.prior); False: it holds
+    #: budget.initial and says which audit it waits for (cold start).
+    EVIDENCE_READY = "EvidenceReady"
     DEGRADED = "Degraded"
     TARGET_UNREACHABLE = "TargetUnreachable"
     FALLBACK = "Fallback"
@@ -85,6 +88,10 @@ class AuditTrigger(StrEnum):
     SPEC_CHANGE = "spec-change"
     #: The control law's quality guard: live EM below emFloor.
     QUALITY_GUARD = "quality-guard"
+    #: Cold start: the law has no evidence (no quality.prior, no audited curve) and the
+    #: policy was never audited; never deferred by load.  (A new policy's first audit is
+    #: labelled spec-change, which precedes it, and is never deferred either.)
+    COLD_START = "cold-start"
 
 
 class AuditResult(StrEnum):
@@ -99,7 +106,8 @@ class LastAudit(_Model):
 
     time: datetime = Field(description="When it started.")
     trigger: AuditTrigger = Field(
-        description="schedule, manual, alert, spec-change or quality-guard (live EM below emFloor)."
+        description="schedule, manual, alert, spec-change, quality-guard (live EM below "
+        "emFloor) or cold-start (no prior and no audit yet: never deferred by load)."
     )
     result: AuditResult = Field(description="Succeeded, Failed, Deferred or Running.")
     message: str = Field("", max_length=4096, description="Outcome in one line.")

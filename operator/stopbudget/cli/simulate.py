@@ -118,6 +118,16 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _audit_duration(text: str) -> float | None:
+    """A duration, or None for ``model`` (modelled from the audit's work)."""
+    if text.strip() == "model":
+        return None
+    try:
+        return _duration(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}; or 'model' (from the audit's work)") from None
+
+
 def _positive_duration(text: str) -> float:
     seconds = _duration(text)
     if seconds <= 0:
@@ -235,10 +245,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--audit-duration",
-        type=_duration,
+        type=_audit_duration,
         default=300.0,
         metavar="DURATION",
-        help="from an audit's start to its curve being used (default 5m)",
+        help="from an audit's start to its curve being used (default 5m); 'model': from the "
+        "audit's work (sampleSize x thinking tokens per question over concurrency sequences "
+        "at the decode rate of a full batch)",
+    )
+    run.add_argument(
+        "--cold-start",
+        action="store_true",
+        help="drop quality.prior and create the policy at the trace's busiest minute (most "
+        "arriving requests), for an hour from there; prints the time to first evidence",
     )
     run.add_argument(
         "--eval-window",
@@ -340,6 +358,7 @@ def simulate_from_args(
         max_surge=args.max_surge,
         max_unavailable=args.max_unavailable,
         propagation_s=args.propagation_seconds,
+        cold_start=args.cold_start,
     )
     return simulate(trace, quality, spec, options, progress)
 

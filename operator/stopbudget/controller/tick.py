@@ -12,7 +12,7 @@
    (:func:`stopbudget.core.law.decide`), and in ``Auto`` mode the patch, with
    ``status.originalValue`` recorded first;
 5. :func:`plan_audits` — the scheduler (:mod:`stopbudget.core.audits.schedule`) and
-   the audit it starts;
+   the audit it starts (without evidence, a cold start: at once, never deferred);
 6. :func:`stopbudget.core.status.build` — the new status and conditions, from the old
    status and what happened; :func:`write_status` writes it; the metrics follow.
 
@@ -436,6 +436,7 @@ def plan_audits(
         pressure=observation.pressure if observation is not None and observation.ok else None,
         annotations=annotations,
         last_audit=arrived.last_audit,
+        evidence=not arrived.curve.empty,
     )
     last_audit = arrived.last_audit
     if plan.interrupted and last_audit is not None:

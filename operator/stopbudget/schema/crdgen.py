@@ -132,6 +132,7 @@ def crd() -> dict[str, Any]:
     spec = structural(_json_schema(api.StopPolicySpec))
     status = structural(_json_schema(api.StopPolicyStatus), keep_defaults=False)
     ready = '.status.conditions[?(@.type=="Ready")]'
+    evidence = '.status.conditions[?(@.type=="EvidenceReady")]'
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -164,6 +165,7 @@ def crd() -> dict[str, Any]:
                         _column("Pressure", "number", ".status.pressure"),
                         _column("Ready", "string", f"{ready}.status"),
                         _column("Reason", "string", f"{ready}.reason", priority=1),
+                        _column("Evidence", "string", f"{evidence}.reason", priority=1),
                         _column("Age", "date", ".metadata.creationTimestamp"),
                     ],
                     "schema": {

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import pairwise
 
-from stopbudget.api import RESTARTING_SINKS, SinkType, StopPolicySpec
+from stopbudget.api import RESTARTING_SINKS, SinkType, StopPolicySpec, format_duration
 from stopbudget.core.law import Observation, SignalReading
-from stopbudget.sim import rollout
+from stopbudget.sim import coldstart, rollout
+from stopbudget.sim.coldstart import ColdStart
 from stopbudget.sim.fleet import Fleet, FleetConfig, FleetSignals, Rollout, quantile
 from stopbudget.sim.inputs import QualityTable, Trace
 from stopbudget.sim.model import Objective, Served, Workload, candidates, meets, serve
@@ -40,6 +41,7 @@ from stopbudget.sim.strategies import (
     Strategy,
     Tick,
     Window,
+    audit_seconds,
 )
 
 #: What the fleet exports, by the signal kind a policy's signal name maps to.
@@ -110,8 +112,9 @@ class Options:
     #: Audit period in simulated seconds, in place of the policy's audit.schedule; None:
     #: the schedule (cron, on the simulated clock).
     audit_every_s: float | None = None
-    #: Time from an audit's start to its curve being used.
-    audit_duration_s: float = 300.0
+    #: Time from an audit's start to its curve being used; None: modelled from the audit's
+    #: work (:func:`stopbudget.sim.strategies.audit_seconds`).
+    audit_duration_s: float | None = 300.0
     #: EM-target attainment and time below floor are judged on windows this long
     #: (whole control intervals), over the requests arriving in each.
     eval_window_s: float = 300.0
@@ -128,6 +131,9 @@ class Options:
     #: A sink read live (configMap, aiGateway, annotation): from the patch to every
     #: replica (or the gate) serving the new budget.
     propagation_s: float = 2.0
+    #: Cold start (:mod:`stopbudget.sim.coldstart`): quality.prior dropped, the policy
+    #: created at the trace's busiest minute, an hour from there.
+    cold_start: bool = False
 
     def __post_init__(self) -> None:
         if self.sink is not None and self.sink not in SINKS:
@@ -250,6 +256,9 @@ class Run:
     #: Per request: the budget it was served at (the one written when it arrived, or with a
     #: sink read live ``propagation_s`` later; with a rollout, its replica's template).
     served_at: tuple[int, ...] = ()
+    #: Seconds from the policy's creation to the law's first decision with a curve (0 with
+    #: a prior; None: never, or not the real law).
+    first_evidence_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -268,6 +277,11 @@ class Comparison:
     quality_levels: tuple[int, ...]
     served: Mapping[int, Served]
     runs: tuple[Run, ...]
+    #: Seconds from an audit's start to its curve being used, and where that comes from.
+    audit_duration_s: float = 300.0
+    audit_duration_source: str = "--audit-duration"
+    #: The cold-start run's start (``Options.cold_start``), else None.
+    cold_start: ColdStart | None = None
 
     def run(self, name: str) -> Run:
         for r in self.runs:
@@ -300,7 +314,11 @@ def simulate(
     ``progress(done, total)`` is called after every control tick of every strategy.
     """
     options = options or Options()
+    cold = coldstart.at_busiest_minute(trace) if options.cold_start else None
+    if cold is not None:
+        trace, spec = cold.trace, coldstart.without_prior(spec)
     spec = with_sink(spec, options.sink_of(spec))
+    audit_s, audit_source = audit_duration(spec, quality, options)
     kinds = signal_kinds(spec)
     slo, slo_source = latency_slo(spec, options)
     interval = spec.control.interval.total_seconds()
@@ -316,6 +334,9 @@ def simulate(
             )
         return served[budget]
 
+    # Cold start: the policy is created at tick ``created`` (after the warm-up); before it
+    # every strategy serves budget.initial.
+    created = round(cold.warmup / options.time_scale / interval) if cold is not None else 0
     objective = Objective(
         spec.quality.em_target, spec.quality.em_floor, options.fleet.capacity * interval
     )
@@ -330,8 +351,8 @@ def simulate(
         StopBudget(
             spec,
             quality,
-            created=trace.start,
-            audit_duration=options.audit_duration_s,
+            created=trace.start + timedelta(seconds=created * interval),
+            audit_duration=audit_s,
             seed=options.seed,
             audit_every=options.audit_every_s,
         )
@@ -348,7 +369,8 @@ def simulate(
             progress(ticks[0], total)
 
     runs = tuple(
-        _run(s, workload, spec, options, kinds, slo, trace.start, at, tick) for s in strategies
+        _run(s, workload, spec, options, kinds, slo, trace.start, at, tick, created)
+        for s in strategies
     )
     return Comparison(
         spec=spec,
@@ -362,6 +384,9 @@ def simulate(
         quality_levels=quality.levels,
         served=served,
         runs=runs,
+        audit_duration_s=audit_s,
+        audit_duration_source=audit_source,
+        cold_start=cold,
     )
 
 
@@ -391,6 +416,28 @@ class _Writer:
         return self.current
 
 
+def audit_duration(
+    spec: StopPolicySpec, quality: QualityTable, options: Options
+) -> tuple[float, str]:
+    """Seconds from a simulated audit's start to its curve being used, and the source."""
+    if options.audit_duration_s is not None:
+        return options.audit_duration_s, "--audit-duration"
+    if spec.audit is None:
+        return 0.0, "no audit"
+    a, fleet = spec.audit, options.fleet
+    seconds = audit_seconds(a, quality, fleet)
+    source = (
+        f"modelled: {min(a.sample_size, quality.questions)} questions, method {a.method.value}, "
+        f"concurrency {a.concurrency}, {fleet.rate(fleet.max_batch):.1f} tokens/s per sequence"
+    )
+    if seconds > a.timeout.total_seconds():
+        source += (
+            f"; longer than audit.timeout {format_duration(a.timeout)}: the operator would "
+            "stop it (here its curve is used when it ends)"
+        )
+    return seconds, source
+
+
 def _run(
     strategy: Strategy,
     workload: Workload,
@@ -401,6 +448,7 @@ def _run(
     start: datetime,
     at: Callable[[int], Served],
     tick: Callable[[], None],
+    created: int = 0,
 ) -> Run:
     n = len(workload)
     fleet = Fleet(options.fleet, 0)  # before the first budget: empty
@@ -439,7 +487,11 @@ def _run(
         ledger.append((fleet.arrived, fleet.completed, fleet.queued, fleet.running))
         signals.append(sig)
         pressure.append(observation.pressure)
-        budget = strategy.budget(Tick(k, t, now, sig, observation, window))
+        budget = (
+            strategy.budget(Tick(k, t, now, sig, observation, window))
+            if k >= created
+            else spec.budget.start  # cold start: before the policy exists
+        )
         budgets.append(budget)
         if writer is None:  # the Deployment as the strategy found it: at its first budget
             writer = _Writer(options, spec, budget)
@@ -456,16 +508,17 @@ def _run(
         strategy.finish()
     latency = tuple(fleet.done[i] - workload.arrivals[i] for i in range(n))
     interval_em = _interval_em(workload, correct)
-    hours = workload.intervals * workload.interval / 3600
+    lo = workload.bounds(created)[0]  # the figures count from the policy's creation
+    hours = (workload.intervals - created) * workload.interval / 3600
     summary = _summary(
         strategy.name,
         spec,
-        workload,
-        budgets,
-        served_at,
-        generated,
-        correct,
-        latency,
+        coldstart.after(workload, created),
+        budgets[created:],
+        served_at[lo:],
+        generated[lo:],
+        correct[lo:],
+        latency[lo:],
         slo,
         fleet.max_queue,
         options.eval_window_s,
@@ -487,6 +540,9 @@ def _run(
         audits=tuple(strategy.audits) if isinstance(strategy, StopBudget) else (),
         calls=tuple(strategy.calls) if isinstance(strategy, StopBudget) else (),
         served_at=tuple(served_at),
+        first_evidence_s=_since(strategy.first_evidence(), created * interval)
+        if isinstance(strategy, StopBudget)
+        else None,
     )
 
 
@@ -576,6 +632,10 @@ def _record(
             correct[q] = served.correct[q]
         hits_upto.append(hits_upto[-1] + correct[q])
         tokens_upto.append(tokens_upto[-1] + generated[q])
+
+
+def _since(t: float | None, origin: float) -> float | None:
+    return None if t is None else t - origin
 
 
 def _summary(
