@@ -392,6 +392,42 @@ async def test_permissions_cover_every_call(
     assert used <= allowed
 
 
+async def test_optional_permissions_cover_the_optional_calls(
+    cluster: emulator.Cluster, k8s: kube.Kube
+) -> None:
+    """The aiGateway sink uses exactly the rules of its chart value."""
+    from tests.test_sink_aigateway import backend, load_upstream_crd
+
+    cluster.install_crd(load_upstream_crd())
+    await cluster.create(backend() | {"metadata": {"name": "vllm", "namespace": NS}})
+    found = await k8s.get_sink_object("AIServiceBackend", NS, "vllm")
+    spec = found["spec"]
+    await k8s.patch_ai_service_backend(NS, "vllm", [{"op": "test", "path": "/spec", "value": spec}])
+
+    used = {_rbac(r) for r in cluster.emulator if r.resource is not None and _from_client(r)}
+    assert used == {
+        ("aigateway.envoyproxy.io", "aiservicebackends", "get"),
+        ("aigateway.envoyproxy.io", "aiservicebackends", "patch"),
+    }
+    optional = {
+        (g, r, v) for rules in kube.OPTIONAL_PERMISSIONS.values() for g, r, verbs in rules
+        for v in verbs
+    }  # fmt: skip
+    assert used == optional
+
+
+@pytest.mark.parametrize(("kind", "value"), [("AIServiceBackend", "aiGateway")])
+def test_a_403_on_an_optional_kind_names_its_chart_value(kind: str, value: str) -> None:
+    error = kube.Forbidden(kind, NS, "x", "forbidden")
+    assert f"install the Helm chart with rbac.{value}=true" in str(error)
+    assert error.status == 403
+
+
+def test_a_missing_ai_service_backend_asks_whether_envoy_ai_gateway_is_installed() -> None:
+    error = kube.TargetNotFound("AIServiceBackend", NS, "vllm")
+    assert "is Envoy AI Gateway installed, with its CRD aiservicebackends." in str(error)
+
+
 async def test_permissions_cover_what_kopf_does(
     cluster: emulator.Cluster, stoppolicy: dict[str, Any]
 ) -> None:

@@ -19,6 +19,7 @@ from kopf.testing import KopfRunner
 from stopbudget.devkit import servers
 from stopbudget.devkit.exporter import EngineExporter
 from tests.clusters import Cluster
+from tests.test_sink_aigateway import assert_valid_upstream, load_upstream_crd
 
 pytestmark = pytest.mark.servers
 
@@ -528,3 +529,77 @@ def test_what_cel_cannot_check_is_an_invalid_spec_condition(
         assert cluster.get(*DEPLOY, cluster.ns, "vllm") == before
     _finished(runner)
     assert runner.output.count("InvalidSpec:") == 1  # one Event, not one per tick
+
+
+# --------------------------------------------------------------- aiGateway sink
+
+AISB = ("aigateway.envoyproxy.io/v1alpha1", "AIServiceBackend")
+
+
+def ai_service_backend(ns: str, name: str, mutation: dict[str, Any]) -> dict[str, Any]:
+    """An AIServiceBackend as Envoy AI Gateway's docs write one (an Envoy Gateway Backend)."""
+    return {
+        "apiVersion": AISB[0],
+        "kind": AISB[1],
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "schema": {"name": "OpenAI"},
+            "backendRef": {"name": name, "kind": "Backend", "group": "gateway.envoyproxy.io"},
+            "bodyMutation": mutation,
+        },
+    }
+
+
+def body_set(obj: dict[str, Any] | None) -> list[dict[str, str]] | None:
+    return (((obj or {}).get("spec") or {}).get("bodyMutation") or {}).get("set")
+
+
+def test_aigateway_sink_sets_the_body_field_and_restores_it(
+    operator_env: Cluster, make_exporter: Callable[..., EngineExporter]
+) -> None:
+    """Envoy AI Gateway's AIServiceBackend (its own CRD on the real server, the operator
+    with the chart's rbac.aiGateway rules): max_tokens in spec.bodyMutation.set follows the
+    load, every object stays valid against the upstream schema, delete puts it back."""
+    cluster = operator_env
+    cluster.install_crd(load_upstream_crd())
+    os.environ["KUBECONFIG"] = str(cluster.kubeconfig_with({"aiGateway": True}))
+    exporter = make_exporter()
+    exporter.set_load(waiting=0)
+    dep = cluster.create(deployment(cluster.ns, "vllm"))
+    mutation = {"set": [{"path": "temperature", "value": "0"}], "remove": ["user"]}
+    created = cluster.create(ai_service_backend(cluster.ns, "vllm", mutation))
+    policy = stoppolicy(cluster.ns, "chat", "vllm", exporter.model_name)
+    policy["spec"]["budget"]["sink"] = {
+        "type": "aiGateway",
+        "aiServiceBackendName": "vllm",
+        "name": "max_tokens",
+    }
+
+    def holds(value: str) -> Callable[[dict[str, Any] | None], bool]:
+        return lambda o: {"path": "max_tokens", "value": value} in (body_set(o) or [])
+
+    with run_operator() as runner:
+        cluster.create(policy)
+        obj = cluster.wait_for(*AISB, cluster.ns, "vllm", holds("512"), within=20)
+        assert obj is not None
+        assert_valid_upstream(obj)
+        exporter.set_load(waiting=40)
+        obj = cluster.wait_for(*AISB, cluster.ns, "vllm", holds("256"), within=20)
+        assert obj is not None
+        assert_valid_upstream(obj)
+        assert body_set(obj) == [
+            {"path": "temperature", "value": "0"},
+            {"path": "max_tokens", "value": "256"},
+        ]
+        assert obj["spec"]["bodyMutation"]["remove"] == ["user"]
+        sp = cluster.get(*SP, cluster.ns, "chat")
+        assert sp is not None
+        assert sp["status"]["originalValue"] == {"present": False}
+        cluster.wait_for_event(cluster.ns, "chat", "BudgetChanged", count=2)
+        cluster.delete(*SP, cluster.ns, "chat")
+        cluster.wait_for(*SP, cluster.ns, "chat", lambda o: o is None, within=20)
+        restored = cluster.get(*AISB, cluster.ns, "vllm")
+        assert restored is not None
+        assert restored["spec"] == created["spec"]
+        assert cluster.get(*DEPLOY, cluster.ns, "vllm") == dep
+    _finished(runner)

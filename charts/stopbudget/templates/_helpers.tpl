@@ -78,8 +78,9 @@ app.kubernetes.io/part-of: stopbudget
 {{- end }}
 
 {{/*
-RBAC rules: exactly stopbudget.kube.PERMISSIONS (tests/test_chart.py checks
-the rendered rules against it in both modes). Namespaced resources go into a
+RBAC rules: exactly stopbudget.kube.PERMISSIONS, plus OPTIONAL_PERMISSIONS[v] for each
+rbac.<v> that is true (tests/test_chart.py checks the rendered rules against them in both
+modes). Namespaced resources go into a
 Role per watched namespace, or into the ClusterRole when the operator watches
 the whole cluster; cluster-scoped resources always go into the ClusterRole.
 */}}
@@ -105,6 +106,13 @@ the whole cluster; cluster-scoped resources always go into the ClusterRole.
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get", "patch"]
+{{- if .Values.rbac.aiGateway }}
+# rbac.aiGateway: Envoy AI Gateway's AIServiceBackends, read and patched by the aiGateway
+# sink (spec.bodyMutation.set).
+- apiGroups: ["aigateway.envoyproxy.io"]
+  resources: ["aiservicebackends"]
+  verbs: ["get", "patch"]
+{{- end }}
 {{- end }}
 
 {{/*

@@ -259,7 +259,7 @@ async def find_sink(
     kind, name = sinks.target_of(spec.budget, spec.target_ref)
     try:
         obj = await operator.kube.get_sink_object(kind, namespace, name)
-        if kind == "ConfigMap":  # the Deployment it serves must exist too
+        if kind != "Deployment":  # the Deployment it serves must exist too
             await operator.kube.get_deployment(namespace, spec.target_ref.name)
         return sinks.LocatedSink.found_in(spec.budget, spec.target_ref, obj)
     except TargetNotFound as exc:
