@@ -168,6 +168,13 @@ CASES: list[tuple[str, dict[str, Any], str, str, bool]] = [
         True,
     ),
     (
+        "refresh-pods-on-env-sink",
+        {"spec.budget.sink.refreshPods": True},
+        "spec.budget.sink.refreshPods",
+        "only used with type configMap",
+        True,
+    ),
+    (
         "arg-sink-not-a-flag",
         {"spec.budget.sink": {"type": "arg", "name": "max-tokens"}},
         "spec.budget.sink.name",

@@ -416,7 +416,7 @@ def test_every_optional_permission_has_a_documented_rbac_value_off_by_default() 
     assert set(values["rbac"]) == {"create", *optional_permissions()}
 
 
-@pytest.mark.parametrize("value", ["aiGateway"])
+@pytest.mark.parametrize("value", ["aiGateway", "refreshPods"])
 def test_an_rbac_value_adds_exactly_its_rules_in_both_modes(value: str) -> None:
     extra = grants(optional_permissions()[value])
     assert extra, value

@@ -531,7 +531,7 @@ def test_what_cel_cannot_check_is_an_invalid_spec_condition(
     assert runner.output.count("InvalidSpec:") == 1  # one Event, not one per tick
 
 
-# --------------------------------------------------------------- aiGateway sink
+# --------------------------------------------------------------- aiGateway sink, refreshPods
 
 AISB = ("aigateway.envoyproxy.io/v1alpha1", "AIServiceBackend")
 
@@ -602,4 +602,126 @@ def test_aigateway_sink_sets_the_body_field_and_restores_it(
         assert restored is not None
         assert restored["spec"] == created["spec"]
         assert cluster.get(*DEPLOY, cluster.ns, "vllm") == dep
+    _finished(runner)
+
+
+def pod(ns: str, name: str, labels: dict[str, str]) -> dict[str, Any]:
+    """A pod as a ReplicaSet would create it (no controller-manager runs in the tests)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {"containers": [{"name": "vllm", "image": "vllm/vllm-openai:v0.11.0"}]},
+    }
+
+
+def create_pods(cluster: Cluster, *pods: dict[str, Any]) -> list[dict[str, Any]]:
+    """Create pods, and first the namespace's ServiceAccount ``default`` that the real API
+    server's admission wants (kube-controller-manager, which makes it, does not run)."""
+    if cluster.get("v1", "ServiceAccount", cluster.ns, "default") is None:
+        account = {"apiVersion": "v1", "kind": "ServiceAccount"}
+        cluster.create({**account, "metadata": {"name": "default", "namespace": cluster.ns}})
+    return [cluster.create(p) for p in pods]
+
+
+def gate_budgets(ns: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "gate-budgets", "namespace": ns},
+        "data": {"default.output": "2048"},
+    }
+
+
+def refreshing_policy(ns: str, model: str) -> dict[str, Any]:
+    policy = stoppolicy(ns, "chat", "vllm", model)
+    policy["spec"]["budget"]["sink"] = {
+        "type": "configMap",
+        "configMapName": "gate-budgets",
+        "name": "default.output",
+        "refreshPods": True,
+    }
+    return policy
+
+
+def revision_of(obj: dict[str, Any] | None) -> str | None:
+    annotations = ((obj or {}).get("metadata") or {}).get("annotations") or {}
+    return annotations.get("stopbudget.io/budget-revision")
+
+
+def test_configmap_sink_refresh_pods_annotates_the_targets_pods_after_each_write(
+    operator_env: Cluster, make_exporter: Callable[..., EngineExporter]
+) -> None:
+    """refreshPods: after each write (and the restore) the pods the Deployment's selector
+    matches carry the ConfigMap's resourceVersion; a pod of another app is left alone."""
+    cluster = operator_env
+    os.environ["KUBECONFIG"] = str(cluster.kubeconfig_with({"refreshPods": True}))
+    exporter = make_exporter()
+    exporter.set_load(waiting=0)
+    cluster.create(deployment(cluster.ns, "vllm"))
+    cluster.create(gate_budgets(cluster.ns))
+    mine = ["vllm-7d9f-a", "vllm-7d9f-b"]
+    labels = {"app": "vllm", "pod-template-hash": "7d9f"}
+    pods = [pod(cluster.ns, n, labels) for n in mine] + [pod(cluster.ns, "other-1", {"app": "x"})]
+    *_, other = create_pods(cluster, *pods)
+
+    def refreshed_to(cm: dict[str, Any] | None) -> None:
+        assert cm is not None
+        revision = cm["metadata"]["resourceVersion"]
+        for name in mine:
+            cluster.wait_for("v1", "Pod", cluster.ns, name, lambda o: revision_of(o) == revision)
+
+    def key(value: str) -> Callable[[dict[str, Any] | None], bool]:
+        return lambda o: ((o or {}).get("data") or {}).get("default.output") == value
+
+    with run_operator() as runner:
+        cluster.create(refreshing_policy(cluster.ns, exporter.model_name))
+        refreshed_to(cluster.wait_for("v1", "ConfigMap", cluster.ns, "gate-budgets", key("512")))
+        exporter.set_load(waiting=40)
+        refreshed_to(
+            cluster.wait_for("v1", "ConfigMap", cluster.ns, "gate-budgets", key("256"), 20)
+        )
+        cluster.delete(*SP, cluster.ns, "chat")
+        cluster.wait_for(*SP, cluster.ns, "chat", lambda o: o is None, within=20)
+        refreshed_to(cluster.get("v1", "ConfigMap", cluster.ns, "gate-budgets"))
+        assert cluster.get("v1", "Pod", cluster.ns, "other-1") == other
+    _finished(runner)
+    assert "PodRefreshFailed" not in runner.output
+
+
+def test_a_failed_pod_refresh_is_a_warning_event_not_a_failed_tick(
+    operator_env: Cluster, make_exporter: Callable[..., EngineExporter]
+) -> None:
+    """The pods cannot be refreshed — on the real server the operator lacks the chart's
+    rbac.refreshPods rules (a 403), on the emulator the Deployment has no selector — and
+    the budget is written anyway, Ready stays True, a Warning Event says what to do."""
+    cluster = operator_env
+    exporter = make_exporter()
+    exporter.set_load(waiting=0)
+    target = deployment(cluster.ns, "vllm")
+    if cluster.backend == "kmock":  # the real server refuses a Deployment without a selector
+        del target["spec"]["selector"]
+        fix = "give the Deployment a selector"
+    else:
+        fix = "rbac.refreshPods=true"
+    cluster.create(target)
+    cluster.create(gate_budgets(cluster.ns))
+    create_pods(cluster, pod(cluster.ns, "vllm-1", {"app": "vllm"}))
+    with run_operator() as runner:
+        cluster.create(refreshing_policy(cluster.ns, exporter.model_name))
+        obj = cluster.wait_for(*SP, cluster.ns, "chat", has_status(budget=512), within=20)
+        cm = cluster.get("v1", "ConfigMap", cluster.ns, "gate-budgets")
+        assert cm is not None
+        assert cm["data"]["default.output"] == "512"
+        ready = condition(obj, "Ready")
+        assert ready is not None
+        assert (ready["status"], ready["reason"]) == ("True", "Reconciled")
+        cluster.wait_for_event(cluster.ns, "chat", "PodRefreshFailed")
+        failed = [e for e in cluster.events(cluster.ns) if e["reason"] == "PodRefreshFailed"]
+        assert failed  # one per write
+        for event in failed:
+            assert event["type"] == "Warning"
+            assert fix in event["message"]
+            assert "the budget is written" in event["message"]
+        assert revision_of(cluster.get("v1", "Pod", cluster.ns, "vllm-1")) is None
     _finished(runner)

@@ -113,6 +113,13 @@ the whole cluster; cluster-scoped resources always go into the ClusterRole.
   resources: ["aiservicebackends"]
   verbs: ["get", "patch"]
 {{- end }}
+{{- if .Values.rbac.refreshPods }}
+# rbac.refreshPods: the target Deployment's pods, listed by its selector and annotated
+# after a configMap sink write (refreshPods: true), so kubelet refreshes the volume at once.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "patch"]
+{{- end }}
 {{- end }}
 
 {{/*

@@ -174,6 +174,13 @@ class Sink(_Model):
             lambda s: s["type"] != "aiGateway" or re.match(BODY_FIELD, s["name"]) is not None,
         ),
         CrossFieldRule(
+            "self.type == 'configMap' || !has(self.refreshPods) || !self.refreshPods",
+            "refreshPods is only used with type configMap (it makes kubelet re-read the mounted "
+            "ConfigMap at once): remove it or set type: configMap",
+            "refreshPods",
+            lambda s: s["type"] == "configMap" or not s.get("refreshPods", False),
+        ),
+        CrossFieldRule(
             "!has(self.format) || self.format.contains('{budget}')",
             "format must contain the placeholder {budget}, e.g. '{\"max_new_tokens\": {budget}}'",
             "format",
@@ -216,6 +223,14 @@ class Sink(_Model):
         pattern=DNS_SUBDOMAIN,
         description="Name of the AIServiceBackend (aigateway.envoyproxy.io, same namespace) for "
         "type aiGateway.",
+    )
+    refresh_pods: bool = Field(
+        False,
+        description="configMap only: after each write (and the restore on delete), annotate "
+        "the target Deployment's pods (those its selector matches; stopbudget.io/budget-revision"
+        ": the ConfigMap's resourceVersion) so that kubelet refreshes the mounted ConfigMap at "
+        "once instead of within its sync period (about a minute). Needs the chart value "
+        "rbac.refreshPods (list and patch pods); a failure is a Warning Event, the write stands.",
     )
     format: str | None = Field(
         None,

@@ -86,12 +86,15 @@ PERMISSIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 #: the rules of the values set to true (``tests/test_chart.py`` checks both ways).  Without
 #: them the operator names the value in its error (a 403 here, a Warning Event from the tick).
 OPTIONAL_PERMISSIONS: Mapping[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {
+    # The configMap sink with refreshPods: list the target's pods, annotate them so that
+    # kubelet refreshes the mounted ConfigMap at once.
+    "refreshPods": (("", "pods", ("list", "patch")),),
     # The aiGateway sink: read and patch Envoy AI Gateway's AIServiceBackends.
     "aiGateway": ((AI_SERVICE_BACKEND[0], AI_SERVICE_BACKEND[2], ("get", "patch")),),
 }
 
 #: The chart value that grants the rules for a kind of object, for the messages of a 403.
-CHART_VALUE_OF_KIND: Mapping[str, str] = {"AIServiceBackend": "aiGateway"}
+CHART_VALUE_OF_KIND: Mapping[str, str] = {"Pod": "refreshPods", "AIServiceBackend": "aiGateway"}
 
 #: Extra rules when kopf's peering is enabled (``STOPBUDGET_KOPF_PEERING``, cluster-wide):
 #: kopf lists, watches and patches its ClusterKopfPeering object.
@@ -375,6 +378,14 @@ class Kube:
             "ConfigMap", namespace, name, self._core.read_namespaced_config_map, name, namespace
         )
 
+    async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """The namespace's pods that ``selector`` (a ``labelSelector`` query) matches."""
+        listed = await self._call(
+            "Pod", namespace, f"(labelSelector {selector})",
+            self._core.list_namespaced_pod, namespace, label_selector=selector,
+        )  # fmt: skip
+        return [dict(p) for p in listed.get("items") or []]
+
     async def get_config_map_key(self, namespace: str, name: str, key: str) -> str:
         """One key of a ConfigMap's data, e.g. a golden set's JSONL."""
         data = (await self.get_config_map(namespace, name)).get("data") or {}
@@ -431,6 +442,15 @@ class Kube:
             "AIServiceBackend", namespace, name, self._custom.patch_namespaced_custom_object,
             group, version, namespace, plural, name, list(ops),
             patching=True, _content_type=JSON_PATCH,
+        )  # fmt: skip
+
+    async def patch_pod_metadata(
+        self, namespace: str, name: str, body: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Merge-patch a pod (its metadata: the annotation of a refresh)."""
+        return await self._call(
+            "Pod", namespace, name, self._core.patch_namespaced_pod, name, namespace, dict(body),
+            patching=True, _content_type=MERGE_PATCH,
         )  # fmt: skip
 
     async def apply(self, namespace: str, patch: SinkPatch) -> dict[str, Any]:

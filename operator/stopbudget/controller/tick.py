@@ -35,7 +35,7 @@ from pydantic import ValidationError
 
 from stopbudget import api
 from stopbudget.clients.kube import KubeError, PatchConflict, TargetNotFound
-from stopbudget.controller import audits, exports
+from stopbudget.controller import audits, exports, refresh
 from stopbudget.controller.mailbox import PolicyMailbox
 from stopbudget.controller.operator import Operator
 from stopbudget.core import curve, law, sinks
@@ -373,7 +373,7 @@ async def apply(
         await write_status(operator, mailbox, {"originalValue": original.to_json()})
     ns, name = mailbox.namespace, mailbox.name
     try:
-        await operator.kube.apply(ns, patch)
+        written = await operator.kube.apply(ns, patch)
     except PatchConflict as exc:
         operator.metrics.patch_errors.labels(ns, name, "conflict").inc()
         why = f"{exc}: the target changed meanwhile; next tick"
@@ -389,12 +389,13 @@ async def apply(
         "BudgetChanged",
         f"{found.value.budget} -> {decision.budget}: {decision.reason} ({patch.summary})",
     )
+    refreshed = await refresh.refresh_pods(operator, ns, spec, written)
     return replace(
         acted,
         budget=decision.budget,
         original=original,
         last_patch_time=now if patch.restarts else acted.last_patch_time,
-        events=(changed,),
+        events=(changed, *refreshed),
     )
 
 

@@ -765,3 +765,60 @@ def _arg_slot(
         index=index,
         form=form,
     )
+
+
+# --------------------------------------------------------------------------- refreshPods
+# A configMap sink with ``refreshPods: true``: after a write the operator annotates the
+# target Deployment's pods, so kubelet syncs them and refreshes the mounted ConfigMap at
+# once rather than within its sync period.  What to list and what to patch is computed here;
+# the listing and the patches are the controller's (``controller/refresh.py``).
+
+_SET_OPERATORS = {"In": "in", "NotIn": "notin"}
+
+
+def pod_selector(deployment: Obj) -> str:
+    """The Deployment's ``spec.selector`` as a ``labelSelector`` query, e.g.
+    ``app=vllm,tier in (a,b),!canary``; :class:`SinkTargetError` when it selects nothing
+    definite (no selector, or an empty one, would match every pod of the namespace)."""
+    name = (deployment.get("metadata") or {}).get("name", "?")
+    selector = (deployment.get("spec") or {}).get("selector") or {}
+    terms = [f"{k}={v}" for k, v in (selector.get("matchLabels") or {}).items()]
+    for expression in selector.get("matchExpressions") or []:
+        key, operator = expression.get("key"), expression.get("operator")
+        values = ",".join(str(v) for v in expression.get("values") or [])
+        if operator in _SET_OPERATORS:
+            terms.append(f"{key} {_SET_OPERATORS[operator]} ({values})")
+        elif operator == "Exists":
+            terms.append(str(key))
+        elif operator == "DoesNotExist":
+            terms.append(f"!{key}")
+        else:
+            raise SinkTargetError(
+                f"Deployment {name} has a selector operator {operator!r} that is not In, "
+                "NotIn, Exists or DoesNotExist: refreshPods cannot find its pods"
+            )
+    if not terms:
+        raise SinkTargetError(
+            f"Deployment {name} has no spec.selector: refreshPods would annotate every pod of "
+            "the namespace, so it annotates none; give the Deployment a selector"
+        )
+    return ",".join(terms)
+
+
+def pods_to_refresh(pods: Sequence[Obj], revision: str) -> list[str]:
+    """Names of the ``pods`` to annotate with ``revision``: those not being deleted and not
+    annotated with it yet (a refresh already done is not done again)."""
+    names = []
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            continue
+        if (meta.get("annotations") or {}).get(api.ANNOTATION_BUDGET_REVISION) == revision:
+            continue
+        names.append(str(meta.get("name")))
+    return names
+
+
+def refresh_patch(revision: str) -> dict[str, Any]:
+    """The merge patch of a pod's metadata that makes kubelet sync it (and its volumes)."""
+    return {"metadata": {"annotations": {api.ANNOTATION_BUDGET_REVISION: revision}}}
