@@ -725,3 +725,51 @@ def test_a_failed_pod_refresh_is_a_warning_event_not_a_failed_tick(
             assert "the budget is written" in event["message"]
         assert revision_of(cluster.get("v1", "Pod", cluster.ns, "vllm-1")) is None
     _finished(runner)
+
+
+@pytest.mark.parametrize(
+    ("case", "reason", "fragment"),
+    [
+        ("missing", "TargetNotFound", "is Envoy AI Gateway installed, with its CRD"),
+        ("no-rbac", "KubernetesError", "install the Helm chart with rbac.aiGateway=true"),
+    ],
+)
+def test_aigateway_sink_problems_are_conditions_that_name_the_fix(
+    operator_env: Cluster,
+    make_exporter: Callable[..., EngineExporter],
+    case: str,
+    reason: str,
+    fragment: str,
+) -> None:
+    """No AIServiceBackend of that name (or no Envoy AI Gateway): TargetNotFound; the chart
+    installed without rbac.aiGateway (a 403, which only the real server's RBAC gives)."""
+    cluster = operator_env
+    if case == "no-rbac" and cluster.backend == "kmock":
+        pytest.skip("the emulator allows every request: RBAC is the real server's")
+    cluster.install_crd(load_upstream_crd())
+    if case == "missing":
+        os.environ["KUBECONFIG"] = str(cluster.kubeconfig_with({"aiGateway": True}))
+    else:
+        cluster.create(ai_service_backend(cluster.ns, "vllm", {"set": []}))
+    exporter = make_exporter()
+    cluster.create(deployment(cluster.ns, "vllm"))
+    policy = stoppolicy(cluster.ns, "chat", "vllm", exporter.model_name)
+    policy["spec"]["budget"]["sink"] = {
+        "type": "aiGateway",
+        "aiServiceBackendName": "vllm",
+        "name": "max_tokens",
+    }
+    with run_operator() as runner:
+        cluster.create(policy)
+        obj = cluster.wait_for(
+            *SP,
+            cluster.ns,
+            "chat",
+            lambda o: (condition(o, "Ready") or {}).get("reason") == reason,
+            within=20,
+        )
+        ready = condition(obj, "Ready")
+        assert ready is not None
+        assert ready["status"] == "False"
+        assert fragment in ready["message"]
+    _finished(runner)
