@@ -19,7 +19,7 @@ import copy
 import itertools
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -51,6 +51,15 @@ class Cluster(Protocol):
     @property
     def kubeconfig(self) -> Path:
         """The kubeconfig the operator runs with."""
+        ...
+
+    def kubeconfig_with(self, rbac: Mapping[str, bool]) -> Path:
+        """A kubeconfig for the operator as installed with these chart ``rbac`` values
+        (e.g. ``{"refreshPods": True}``): its optional permissions granted."""
+        ...
+
+    def install_crd(self, crd: Obj) -> None:
+        """Serve the custom resources of a CustomResourceDefinition (once per session)."""
         ...
 
     def create(self, obj: Obj) -> Obj: ...
@@ -98,6 +107,12 @@ class EmulatedCluster:
     @property
     def kubeconfig(self) -> Path:
         return self.threaded.kubeconfig
+
+    def kubeconfig_with(self, rbac: Mapping[str, bool]) -> Path:
+        return self.threaded.kubeconfig  # the emulator allows every request
+
+    def install_crd(self, crd: Obj) -> None:
+        self.threaded.install_crd(crd)
 
     def create(self, obj: Obj) -> Obj:
         return self.threaded.create(obj)
@@ -193,6 +208,8 @@ class RealServer:
     service_account: str
     _session: requests.Session = field(default_factory=requests.Session)
     _names: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    _identities: dict[str, Path] = field(default_factory=dict)
+    _crds: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         # REQUESTS_CA_BUNDLE (set on CI machines) would otherwise replace our CA.
@@ -241,6 +258,36 @@ class RealServer:
             raise ApiRequestError(response.status_code, payload)
         return payload
 
+    def identity(self, rbac: Mapping[str, bool]) -> Path:
+        """A kubeconfig for a second install of the chart's identity with these ``rbac``
+        values (its own ServiceAccount, ClusterRole and binding; made once per session)."""
+        enabled = sorted(k for k, v in rbac.items() if v)
+        if not enabled:
+            return self.operator_kubeconfig
+        release = "sb-" + "-".join(e.lower() for e in enabled)
+        if release not in self._identities:
+            values = {"rbac": dict.fromkeys(enabled, True)}
+            identity = [
+                o
+                for o in chart_objects(values, release=release)
+                if o["kind"] in {"ServiceAccount", "ClusterRole", "ClusterRoleBinding"}
+            ]
+            self.server.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(identity))
+            (account,) = (o["metadata"]["name"] for o in identity if o["kind"] == "ServiceAccount")
+            path = self.operator_kubeconfig.with_name(f"{release}.kubeconfig")
+            self._identities[release] = self.server.token_kubeconfig(
+                account, RELEASE_NAMESPACE, path
+            )
+        return self._identities[release]
+
+    def install_crd(self, crd: Obj) -> None:
+        """Apply a CustomResourceDefinition with kubectl, once, and wait until it serves."""
+        name = crd["metadata"]["name"]
+        if name not in self._crds:
+            self.server.kubectl("apply", "-f", "-", stdin=json.dumps(crd))
+            self.server.wait_established(name)
+            self._crds.add(name)
+
     def remove_policies(self, namespace: str) -> None:
         """Delete the namespace's StopPolicies without an operator: finalizers dropped."""
         path = self.path(api.API_VERSION, api.KIND, namespace)
@@ -266,6 +313,12 @@ class ApiServerCluster:
     @property
     def kubeconfig(self) -> Path:
         return self.real.operator_kubeconfig
+
+    def kubeconfig_with(self, rbac: Mapping[str, bool]) -> Path:
+        return self.real.identity(rbac)
+
+    def install_crd(self, crd: Obj) -> None:
+        self.real.install_crd(crd)
 
     def create(self, obj: Obj) -> Obj:
         meta = obj.get("metadata") or {}
@@ -334,12 +387,12 @@ class ApiServerCluster:
         _wait_for_event(self, namespace, name, reason, count, within)
 
 
-def chart_objects(values: Obj | None = None) -> list[Obj]:
+def chart_objects(values: Obj | None = None, release: str = RELEASE) -> list[Obj]:
     """The objects the chart renders (real Helm engine), cluster-wide by default."""
     import helm_python as helm
 
     manifests = helm.Chart.load(CHART).render(
-        values or {}, name=RELEASE, namespace=RELEASE_NAMESPACE, is_install=True
+        values or {}, name=release, namespace=RELEASE_NAMESPACE, is_install=True
     )
     objects: list[Obj] = []
     for path, text in sorted(manifests.items()):

@@ -82,7 +82,7 @@ CASES: list[tuple[str, dict[str, Any], str, str, bool]] = [
         "unknown-sink-type",
         {"spec.budget.sink.type": "file"},
         "spec.budget.sink.type",
-        "'env', 'arg', 'annotation' or 'configMap'",
+        "'env', 'arg', 'annotation', 'configMap' or 'aiGateway'",
         True,
     ),
     (
@@ -97,6 +97,81 @@ CASES: list[tuple[str, dict[str, Any], str, str, bool]] = [
         {"spec.budget.sink.configMapName": "limits"},
         "spec.budget.sink.configMapName",
         "only used when type is configMap",
+        True,
+    ),
+    (
+        "aigateway-sink-without-backend",
+        {"spec.budget.sink": {"type": "aiGateway", "name": "max_tokens"}},
+        "spec.budget.sink.aiServiceBackendName",
+        "aiServiceBackendName is required when type is aiGateway",
+        True,
+    ),
+    (
+        "aigateway-backend-on-env-sink",
+        {"spec.budget.sink.aiServiceBackendName": "vllm"},
+        "spec.budget.sink.aiServiceBackendName",
+        "only used when type is aiGateway",
+        True,
+    ),
+    (
+        "aigateway-sink-nested-field",
+        {
+            "spec.budget.sink": {
+                "type": "aiGateway",
+                "name": "custom_params.thinking_budget",
+                "aiServiceBackendName": "sglang",
+            }
+        },
+        "spec.budget.sink.name",
+        "top-level field of the request body",
+        True,
+    ),
+    (
+        "aigateway-format-not-json",
+        {
+            "spec.budget.sink": {
+                "type": "aiGateway",
+                "name": "max_tokens",
+                "aiServiceBackendName": "vllm",
+                "format": "max={budget}",
+            }
+        },
+        "spec.budget.sink",
+        "does not render a JSON value",
+        False,  # CEL cannot parse JSON: the operator reports it (InvalidSpec)
+    ),
+    (
+        "aigateway-thinking-budget-into-max-tokens",
+        {
+            "spec.budget.kind": "thinking",
+            "spec.budget.sink": {
+                "type": "aiGateway",
+                "name": "max_tokens",
+                "aiServiceBackendName": "vllm",
+            },
+        },
+        "spec.budget.sink.name",
+        "must be a field of the budget's kind",
+        True,
+    ),
+    (
+        "aigateway-output-budget-into-thinking-field",
+        {
+            "spec.budget.sink": {
+                "type": "aiGateway",
+                "name": "thinking_token_budget",
+                "aiServiceBackendName": "vllm",
+            },
+        },
+        "spec.budget.sink.name",
+        "with kind thinking the engine's thinking field",
+        True,
+    ),
+    (
+        "refresh-pods-on-env-sink",
+        {"spec.budget.sink.refreshPods": True},
+        "spec.budget.sink.refreshPods",
+        "only used with type configMap",
         True,
     ),
     (

@@ -397,6 +397,48 @@ def test_namespaced_rbac_grants_namespaced_rules_only_in_watched_namespaces() ->
     assert env_of(objects)["STOPBUDGET_NAMESPACES"] == ",".join(watched)
 
 
+def optional_permissions() -> dict[str, list[tuple[str, str, tuple[str, ...]]]]:
+    """stopbudget.clients.kube.OPTIONAL_PERMISSIONS: rules granted by an ``rbac.<value>``."""
+    from stopbudget.clients import kube
+
+    return {value: list(rules) for value, rules in kube.OPTIONAL_PERMISSIONS.items()}
+
+
+def test_every_optional_permission_has_a_documented_rbac_value_off_by_default() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
+    schema = _chart().schema
+    assert schema is not None
+    documented = schema["properties"]["rbac"]["properties"]
+    for value in optional_permissions():
+        assert values["rbac"][value] is False, value
+        assert documented[value]["type"] == "boolean", value
+        assert f"rbac.{value}" in (CHART / "README.md").read_text(encoding="utf-8"), value
+    assert set(values["rbac"]) == {"create", *optional_permissions()}
+
+
+@pytest.mark.parametrize("value", ["aiGateway", "refreshPods"])
+def test_an_rbac_value_adds_exactly_its_rules_in_both_modes(value: str) -> None:
+    extra = grants(optional_permissions()[value])
+    assert extra, value
+    base = grants(permissions())
+    assert not extra & base, "an optional rule is already in PERMISSIONS"
+    wide = ci_values(CHART / "ci/cluster-wide-values.yaml")
+    wide.setdefault("rbac", {})[value] = True
+    assert rendered_grants(one(render(wide), "ClusterRole")) == base | extra
+    namespaced_values = ci_values(CHART / "ci/namespaced-values.yaml")
+    namespaced_values.setdefault("rbac", {})[value] = True
+    namespaced, _ = _split(base | extra)
+    roles = of_kind(render(namespaced_values), "Role")
+    assert roles
+    for role in roles:
+        assert rendered_grants(role) == namespaced
+    # Both on: the union; neither: none of them (the default, checked above as well).
+    both = render({"rbac": dict.fromkeys(optional_permissions(), True)})
+    everything = grants([r for rules in optional_permissions().values() for r in rules])
+    assert rendered_grants(one(both, "ClusterRole")) == base | everything
+    assert not rendered_grants(one(render(), "ClusterRole")) & everything
+
+
 def test_rbac_can_be_left_to_the_cluster_admin() -> None:
     kinds = {o["kind"] for o in render({"rbac": {"create": False}})}
     assert kinds.isdisjoint({"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"})

@@ -392,6 +392,57 @@ async def test_permissions_cover_every_call(
     assert used <= allowed
 
 
+async def test_optional_permissions_cover_the_optional_calls(
+    cluster: emulator.Cluster, k8s: kube.Kube
+) -> None:
+    """The aiGateway sink and refreshPods use exactly the rules of their chart values."""
+    from tests.test_sink_aigateway import backend, load_upstream_crd
+
+    cluster.install_crd(load_upstream_crd())
+    await cluster.create(backend() | {"metadata": {"name": "vllm", "namespace": NS}})
+    labels = {"app": "vllm"}
+    for name, pod_labels in (("vllm-1", labels), ("other-1", {"app": "other"})):
+        await cluster.create({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": NS, "labels": pod_labels},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+        })  # fmt: skip
+    found = await k8s.get_sink_object("AIServiceBackend", NS, "vllm")
+    spec = found["spec"]
+    await k8s.patch_ai_service_backend(NS, "vllm", [{"op": "test", "path": "/spec", "value": spec}])
+    pods = await k8s.list_pods(NS, "app=vllm")
+    assert [p["metadata"]["name"] for p in pods] == ["vllm-1"]  # GAP 8: the selector holds
+    patched = await k8s.patch_pod_metadata(NS, "vllm-1", sinks.refresh_patch("7"))
+    assert patched["metadata"]["annotations"] == {api.ANNOTATION_BUDGET_REVISION: "7"}
+
+    used = {_rbac(r) for r in cluster.emulator if r.resource is not None and _from_client(r)}
+    assert used == {
+        ("aigateway.envoyproxy.io", "aiservicebackends", "get"),
+        ("aigateway.envoyproxy.io", "aiservicebackends", "patch"),
+        ("", "pods", "list"),
+        ("", "pods", "patch"),
+    }
+    optional = {
+        (g, r, v) for rules in kube.OPTIONAL_PERMISSIONS.values() for g, r, verbs in rules
+        for v in verbs
+    }  # fmt: skip
+    assert used == optional
+
+
+@pytest.mark.parametrize(
+    ("kind", "value"), [("AIServiceBackend", "aiGateway"), ("Pod", "refreshPods")]
+)
+def test_a_403_on_an_optional_kind_names_its_chart_value(kind: str, value: str) -> None:
+    error = kube.Forbidden(kind, NS, "x", "forbidden")
+    assert f"install the Helm chart with rbac.{value}=true" in str(error)
+    assert error.status == 403
+
+
+def test_a_missing_ai_service_backend_asks_whether_envoy_ai_gateway_is_installed() -> None:
+    error = kube.TargetNotFound("AIServiceBackend", NS, "vllm")
+    assert "is Envoy AI Gateway installed, with its CRD aiservicebackends." in str(error)
+
+
 async def test_permissions_cover_what_kopf_does(
     cluster: emulator.Cluster, stoppolicy: dict[str, Any]
 ) -> None:

@@ -19,6 +19,7 @@ from kopf.testing import KopfRunner
 from stopbudget.devkit import servers
 from stopbudget.devkit.exporter import EngineExporter
 from tests.clusters import Cluster
+from tests.test_sink_aigateway import assert_valid_upstream, load_upstream_crd
 
 pytestmark = pytest.mark.servers
 
@@ -528,3 +529,247 @@ def test_what_cel_cannot_check_is_an_invalid_spec_condition(
         assert cluster.get(*DEPLOY, cluster.ns, "vllm") == before
     _finished(runner)
     assert runner.output.count("InvalidSpec:") == 1  # one Event, not one per tick
+
+
+# --------------------------------------------------------------- aiGateway sink, refreshPods
+
+AISB = ("aigateway.envoyproxy.io/v1alpha1", "AIServiceBackend")
+
+
+def ai_service_backend(ns: str, name: str, mutation: dict[str, Any]) -> dict[str, Any]:
+    """An AIServiceBackend as Envoy AI Gateway's docs write one (an Envoy Gateway Backend)."""
+    return {
+        "apiVersion": AISB[0],
+        "kind": AISB[1],
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "schema": {"name": "OpenAI"},
+            "backendRef": {"name": name, "kind": "Backend", "group": "gateway.envoyproxy.io"},
+            "bodyMutation": mutation,
+        },
+    }
+
+
+def body_set(obj: dict[str, Any] | None) -> list[dict[str, str]] | None:
+    return (((obj or {}).get("spec") or {}).get("bodyMutation") or {}).get("set")
+
+
+def test_aigateway_sink_sets_the_body_field_and_restores_it(
+    operator_env: Cluster, make_exporter: Callable[..., EngineExporter]
+) -> None:
+    """Envoy AI Gateway's AIServiceBackend (its own CRD on the real server, the operator
+    with the chart's rbac.aiGateway rules): max_tokens in spec.bodyMutation.set follows the
+    load, every object stays valid against the upstream schema, delete puts it back."""
+    cluster = operator_env
+    cluster.install_crd(load_upstream_crd())
+    os.environ["KUBECONFIG"] = str(cluster.kubeconfig_with({"aiGateway": True}))
+    exporter = make_exporter()
+    exporter.set_load(waiting=0)
+    dep = cluster.create(deployment(cluster.ns, "vllm"))
+    mutation = {"set": [{"path": "temperature", "value": "0"}], "remove": ["user"]}
+    created = cluster.create(ai_service_backend(cluster.ns, "vllm", mutation))
+    policy = stoppolicy(cluster.ns, "chat", "vllm", exporter.model_name)
+    policy["spec"]["budget"]["sink"] = {
+        "type": "aiGateway",
+        "aiServiceBackendName": "vllm",
+        "name": "max_tokens",
+    }
+
+    def holds(value: str) -> Callable[[dict[str, Any] | None], bool]:
+        return lambda o: {"path": "max_tokens", "value": value} in (body_set(o) or [])
+
+    with run_operator() as runner:
+        cluster.create(policy)
+        obj = cluster.wait_for(*AISB, cluster.ns, "vllm", holds("512"), within=20)
+        assert obj is not None
+        assert_valid_upstream(obj)
+        exporter.set_load(waiting=40)
+        obj = cluster.wait_for(*AISB, cluster.ns, "vllm", holds("256"), within=20)
+        assert obj is not None
+        assert_valid_upstream(obj)
+        assert body_set(obj) == [
+            {"path": "temperature", "value": "0"},
+            {"path": "max_tokens", "value": "256"},
+        ]
+        assert obj["spec"]["bodyMutation"]["remove"] == ["user"]
+        sp = cluster.get(*SP, cluster.ns, "chat")
+        assert sp is not None
+        assert sp["status"]["originalValue"] == {"present": False}
+        cluster.wait_for_event(cluster.ns, "chat", "BudgetChanged", count=2)
+        cluster.delete(*SP, cluster.ns, "chat")
+        cluster.wait_for(*SP, cluster.ns, "chat", lambda o: o is None, within=20)
+        restored = cluster.get(*AISB, cluster.ns, "vllm")
+        assert restored is not None
+        assert restored["spec"] == created["spec"]
+        assert cluster.get(*DEPLOY, cluster.ns, "vllm") == dep
+    _finished(runner)
+
+
+def pod(ns: str, name: str, labels: dict[str, str]) -> dict[str, Any]:
+    """A pod as a ReplicaSet would create it (no controller-manager runs in the tests)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {"containers": [{"name": "vllm", "image": "vllm/vllm-openai:v0.11.0"}]},
+    }
+
+
+def create_pods(cluster: Cluster, *pods: dict[str, Any]) -> list[dict[str, Any]]:
+    """Create pods, and first the namespace's ServiceAccount ``default`` that the real API
+    server's admission wants (kube-controller-manager, which makes it, does not run)."""
+    if cluster.get("v1", "ServiceAccount", cluster.ns, "default") is None:
+        account = {"apiVersion": "v1", "kind": "ServiceAccount"}
+        cluster.create({**account, "metadata": {"name": "default", "namespace": cluster.ns}})
+    return [cluster.create(p) for p in pods]
+
+
+def gate_budgets(ns: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "gate-budgets", "namespace": ns},
+        "data": {"default.output": "2048"},
+    }
+
+
+def refreshing_policy(ns: str, model: str) -> dict[str, Any]:
+    policy = stoppolicy(ns, "chat", "vllm", model)
+    policy["spec"]["budget"]["sink"] = {
+        "type": "configMap",
+        "configMapName": "gate-budgets",
+        "name": "default.output",
+        "refreshPods": True,
+    }
+    return policy
+
+
+def revision_of(obj: dict[str, Any] | None) -> str | None:
+    annotations = ((obj or {}).get("metadata") or {}).get("annotations") or {}
+    return annotations.get("stopbudget.io/budget-revision")
+
+
+def test_configmap_sink_refresh_pods_annotates_the_targets_pods_after_each_write(
+    operator_env: Cluster, make_exporter: Callable[..., EngineExporter]
+) -> None:
+    """refreshPods: after each write (and the restore) the pods the Deployment's selector
+    matches carry the ConfigMap's resourceVersion; a pod of another app is left alone."""
+    cluster = operator_env
+    os.environ["KUBECONFIG"] = str(cluster.kubeconfig_with({"refreshPods": True}))
+    exporter = make_exporter()
+    exporter.set_load(waiting=0)
+    cluster.create(deployment(cluster.ns, "vllm"))
+    cluster.create(gate_budgets(cluster.ns))
+    mine = ["vllm-7d9f-a", "vllm-7d9f-b"]
+    labels = {"app": "vllm", "pod-template-hash": "7d9f"}
+    pods = [pod(cluster.ns, n, labels) for n in mine] + [pod(cluster.ns, "other-1", {"app": "x"})]
+    *_, other = create_pods(cluster, *pods)
+
+    def refreshed_to(cm: dict[str, Any] | None) -> None:
+        assert cm is not None
+        revision = cm["metadata"]["resourceVersion"]
+        for name in mine:
+            cluster.wait_for("v1", "Pod", cluster.ns, name, lambda o: revision_of(o) == revision)
+
+    def key(value: str) -> Callable[[dict[str, Any] | None], bool]:
+        return lambda o: ((o or {}).get("data") or {}).get("default.output") == value
+
+    with run_operator() as runner:
+        cluster.create(refreshing_policy(cluster.ns, exporter.model_name))
+        refreshed_to(cluster.wait_for("v1", "ConfigMap", cluster.ns, "gate-budgets", key("512")))
+        exporter.set_load(waiting=40)
+        refreshed_to(
+            cluster.wait_for("v1", "ConfigMap", cluster.ns, "gate-budgets", key("256"), 20)
+        )
+        cluster.delete(*SP, cluster.ns, "chat")
+        cluster.wait_for(*SP, cluster.ns, "chat", lambda o: o is None, within=20)
+        refreshed_to(cluster.get("v1", "ConfigMap", cluster.ns, "gate-budgets"))
+        assert cluster.get("v1", "Pod", cluster.ns, "other-1") == other
+    _finished(runner)
+    assert "PodRefreshFailed" not in runner.output
+
+
+def test_a_failed_pod_refresh_is_a_warning_event_not_a_failed_tick(
+    operator_env: Cluster, make_exporter: Callable[..., EngineExporter]
+) -> None:
+    """The pods cannot be refreshed — on the real server the operator lacks the chart's
+    rbac.refreshPods rules (a 403), on the emulator the Deployment has no selector — and
+    the budget is written anyway, Ready stays True, a Warning Event says what to do."""
+    cluster = operator_env
+    exporter = make_exporter()
+    exporter.set_load(waiting=0)
+    target = deployment(cluster.ns, "vllm")
+    if cluster.backend == "kmock":  # the real server refuses a Deployment without a selector
+        del target["spec"]["selector"]
+        fix = "give the Deployment a selector"
+    else:
+        fix = "rbac.refreshPods=true"
+    cluster.create(target)
+    cluster.create(gate_budgets(cluster.ns))
+    create_pods(cluster, pod(cluster.ns, "vllm-1", {"app": "vllm"}))
+    with run_operator() as runner:
+        cluster.create(refreshing_policy(cluster.ns, exporter.model_name))
+        obj = cluster.wait_for(*SP, cluster.ns, "chat", has_status(budget=512), within=20)
+        cm = cluster.get("v1", "ConfigMap", cluster.ns, "gate-budgets")
+        assert cm is not None
+        assert cm["data"]["default.output"] == "512"
+        ready = condition(obj, "Ready")
+        assert ready is not None
+        assert (ready["status"], ready["reason"]) == ("True", "Reconciled")
+        cluster.wait_for_event(cluster.ns, "chat", "PodRefreshFailed")
+        failed = [e for e in cluster.events(cluster.ns) if e["reason"] == "PodRefreshFailed"]
+        assert failed  # one per write
+        for event in failed:
+            assert event["type"] == "Warning"
+            assert fix in event["message"]
+            assert "the budget is written" in event["message"]
+        assert revision_of(cluster.get("v1", "Pod", cluster.ns, "vllm-1")) is None
+    _finished(runner)
+
+
+@pytest.mark.parametrize(
+    ("case", "reason", "fragment"),
+    [
+        ("missing", "TargetNotFound", "is Envoy AI Gateway installed, with its CRD"),
+        ("no-rbac", "KubernetesError", "install the Helm chart with rbac.aiGateway=true"),
+    ],
+)
+def test_aigateway_sink_problems_are_conditions_that_name_the_fix(
+    operator_env: Cluster,
+    make_exporter: Callable[..., EngineExporter],
+    case: str,
+    reason: str,
+    fragment: str,
+) -> None:
+    """No AIServiceBackend of that name (or no Envoy AI Gateway): TargetNotFound; the chart
+    installed without rbac.aiGateway (a 403, which only the real server's RBAC gives)."""
+    cluster = operator_env
+    if case == "no-rbac" and cluster.backend == "kmock":
+        pytest.skip("the emulator allows every request: RBAC is the real server's")
+    cluster.install_crd(load_upstream_crd())
+    if case == "missing":
+        os.environ["KUBECONFIG"] = str(cluster.kubeconfig_with({"aiGateway": True}))
+    else:
+        cluster.create(ai_service_backend(cluster.ns, "vllm", {"set": []}))
+    exporter = make_exporter()
+    cluster.create(deployment(cluster.ns, "vllm"))
+    policy = stoppolicy(cluster.ns, "chat", "vllm", exporter.model_name)
+    policy["spec"]["budget"]["sink"] = {
+        "type": "aiGateway",
+        "aiServiceBackendName": "vllm",
+        "name": "max_tokens",
+    }
+    with run_operator() as runner:
+        cluster.create(policy)
+        obj = cluster.wait_for(
+            *SP,
+            cluster.ns,
+            "chat",
+            lambda o: (condition(o, "Ready") or {}).get("reason") == reason,
+            within=20,
+        )
+        ready = condition(obj, "Ready")
+        assert ready is not None
+        assert ready["status"] == "False"
+        assert fragment in ready["message"]
+    _finished(runner)

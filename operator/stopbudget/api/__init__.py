@@ -48,6 +48,7 @@ from stopbudget.api.durations import (
 )
 from stopbudget.api.names import (
     ANNOTATION_AUDIT_REQUESTED,
+    ANNOTATION_BUDGET_REVISION,
     ANNOTATION_PAUSED,
     API_VERSION,
     GROUP,
@@ -116,6 +117,7 @@ from stopbudget.api.status import (
 
 __all__ = [
     "ANNOTATION_AUDIT_REQUESTED",
+    "ANNOTATION_BUDGET_REVISION",
     "ANNOTATION_KEY",
     "ANNOTATION_PAUSED",
     "API_VERSION",

@@ -35,7 +35,7 @@ from pydantic import ValidationError
 
 from stopbudget import api
 from stopbudget.clients.kube import KubeError, PatchConflict, TargetNotFound
-from stopbudget.controller import audits, exports
+from stopbudget.controller import audits, exports, refresh
 from stopbudget.controller.mailbox import PolicyMailbox
 from stopbudget.controller.operator import Operator
 from stopbudget.core import curve, law, sinks
@@ -259,7 +259,7 @@ async def find_sink(
     kind, name = sinks.target_of(spec.budget, spec.target_ref)
     try:
         obj = await operator.kube.get_sink_object(kind, namespace, name)
-        if kind == "ConfigMap":  # the Deployment it serves must exist too
+        if kind != "Deployment":  # the Deployment it serves must exist too
             await operator.kube.get_deployment(namespace, spec.target_ref.name)
         return sinks.LocatedSink.found_in(spec.budget, spec.target_ref, obj)
     except TargetNotFound as exc:
@@ -372,7 +372,7 @@ async def apply(
         await write_status(operator, mailbox, {"originalValue": original.to_json()})
     ns, name = mailbox.namespace, mailbox.name
     try:
-        await operator.kube.apply(ns, patch)
+        written = await operator.kube.apply(ns, patch)
     except PatchConflict as exc:
         operator.metrics.patch_errors.labels(ns, name, "conflict").inc()
         why = f"{exc}: the target changed meanwhile; next tick"
@@ -388,6 +388,7 @@ async def apply(
         "BudgetChanged",
         f"{found.value.budget} -> {decision.budget}: {decision.reason} ({patch.summary})",
     )
+    refreshed = await refresh.refresh_pods(operator, ns, spec, written)
     return replace(
         acted,
         budget=decision.budget,
@@ -395,7 +396,7 @@ async def apply(
         # The law owns when a patch counts as a restart (its stability step reads it back);
         # the tick only says the patch took effect.
         last_patch_time=decision.state.last_patch_time,
-        events=(changed,),
+        events=(changed, *refreshed),
     )
 
 
