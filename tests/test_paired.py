@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from fractions import Fraction
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stopbudget import api
@@ -45,6 +45,14 @@ def test_mcnemar_is_the_binomial_tail(worse: int, better: int) -> None:
     assert p == pytest.approx(float(binomial_tail(worse, worse + better)), rel=1e-12)
     assert 0 < p <= 1
     assert paired.mcnemar_worse(worse + 1, better) <= p  # one more loss: more evidence
+
+
+@settings(deadline=None, max_examples=40)
+@given(worse=st.integers(0, 2500), n=st.integers(1900, 2500))
+def test_above_the_exact_range_the_tail_is_summed_in_logs(worse: int, n: int) -> None:
+    worse = min(worse, n)
+    exact = float(binomial_tail(worse, n))
+    assert paired._tail_in_logs(worse, n) == pytest.approx(exact, rel=1e-9, abs=1e-300)
 
 
 def test_mcnemar_rejects_negative_counts() -> None:

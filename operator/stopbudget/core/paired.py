@@ -31,11 +31,35 @@ def mcnemar_worse(worse: int, better: int) -> float:
     if worse < 0 or better < 0:
         raise ValueError(f"discordant counts must be >= 0, got {worse} and {better}")
     n = worse + better
+    if n > EXACT_UP_TO:
+        return _tail_in_logs(worse, n)
     tail, term = 0, math.comb(n, worse)
     for k in range(worse, n + 1):
         tail += term
         term = term * (n - k) // (k + 1)
     return float(Fraction(tail, 2**n))
+
+
+#: Discordant questions up to which the tail is summed in whole numbers; above, in
+#: logarithms (the same binomial tail to ~1e-12 relative, without n-bit arithmetic).
+EXACT_UP_TO = 2000
+
+
+def _tail_in_logs(worse: int, n: int) -> float:
+    """P(X >= worse), X ~ Binomial(n, 1/2), summed from the largest term in logarithms."""
+
+    def log_term(k: int) -> float:
+        return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) - n * math.log(2)
+
+    top = max(worse, n // 2)  # the largest term of the tail
+    peak = log_term(top)
+    total = 0.0
+    for k in range(worse, n + 1):
+        term = math.exp(log_term(k) - peak)
+        total += term
+        if k > top and term < 1e-17:
+            break
+    return min(1.0, math.exp(peak) * total)
 
 
 @dataclass(frozen=True)
