@@ -588,3 +588,63 @@ def test_a_policy_without_prior_created_under_overload_audits_at_once(
             "the cold start was deferred"
         )
     assert runner.exception is None, runner.output
+
+
+def _pooled(audits: int) -> Any:
+    def check(obj: dict[str, Any] | None) -> bool:
+        curve = _status(obj).get("curve") or []
+        return bool(curve) and all(p.get("audits") == audits for p in curve)
+
+    return check
+
+
+def test_audits_pool_across_a_restart_and_a_new_golden_set_starts_over(
+    cluster: Cluster,
+    model_server: tuple[Any, dict[int, int], list[dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The curve pools the audits of one measurement; the pool lives in status
+    (auditHistory), so a new operator process goes on pooling; editing the golden set
+    is a new measurement, and the pool starts again from its first audit."""
+    server, hits, items = model_server
+    _env(monkeypatch, cluster, "http://127.0.0.1:9", servers.free_port())
+    cluster.create(_deployment(cluster.ns))
+    cluster.create(_configmap(cluster.ns, items))
+    with KopfRunner(OPERATOR, timeout=60) as runner:
+        cluster.create(_policy(cluster.ns, server.url))
+        cluster.wait_for(*SP, cluster.ns, "chat", _pooled(1), within=30)
+    assert runner.exception is None, runner.output
+    request = {"metadata": {"annotations": {"stopbudget.io/audit-requested": "please"}}}
+
+    with KopfRunner(OPERATOR, timeout=60) as runner:
+        cluster.patch(*SP, cluster.ns, "chat", request)
+        obj = cluster.wait_for(*SP, cluster.ns, "chat", _pooled(2), within=30)
+        status = _status(obj)
+        assert {
+            p["budget"]: (p["samples"], round(p["em"] * p["samples"])) for p in status["curve"]
+        } == {b: (80, 2 * hits[b]) for b in LADDER}
+        history = status["auditHistory"]
+        assert len(history) == 2
+        assert history[0]["measurement"] == history[1]["measurement"]
+        assert not any(h.get("held") for h in history)
+        assert "the curve pools the last 2 audit(s)" in status["lastAudit"]["message"]
+        first = history[0]["measurement"]
+
+        edited = _configmap(cluster.ns, items[::-1])  # the same questions, another file
+        cluster.patch("v1", "ConfigMap", cluster.ns, "golden", {"data": edited["data"]})
+        cluster.patch(*SP, cluster.ns, "chat", request)
+        obj = cluster.wait_for(
+            *SP,
+            cluster.ns,
+            "chat",
+            lambda o: (
+                [h["measurement"] for h in _status(o).get("auditHistory") or []]
+                not in ([], [first], [first, first])
+            ),
+            within=30,
+        )
+        status = _status(obj)
+        assert len(status["auditHistory"]) == 1
+        assert all(p["audits"] == 1 and p["samples"] == 40 for p in status["curve"])
+        assert "a new measurement" in status["lastAudit"]["message"]
+    assert runner.exception is None, runner.output

@@ -17,6 +17,7 @@ from stopbudget import api
 from stopbudget.clients import audit_runner
 from stopbudget.clients.audit_runner import AuditOutcome, AuditPlan, BudgetScore, run_audit
 from stopbudget.core.audits.dataset import GoldenItem
+from stopbudget.core.curve import Answers
 from tests.openai_server import MODEL, Canned, OpenAIServer, reply, words
 
 BUDGETS = (16, 32, 64, 128)
@@ -443,3 +444,19 @@ async def test_truncate_reads_llamacpp_completion_tokens() -> None:
     assert outcome.method == api.AuditMethod.TRUNCATE  # no fallback to direct
     assert outcome.requests == QUESTIONS
     assert list(outcome.scores) == expected_curve(BUDGETS)
+
+
+@pytest.mark.parametrize("method", [api.AuditMethod.DIRECT, api.AuditMethod.TRUNCATE])
+async def test_each_budget_keeps_which_questions_it_got_right(
+    server: OpenAIServer, method: api.AuditMethod
+) -> None:
+    """Per question and budget, as bitsets over the plan's questions: what the paired test
+    (core/paired.py) compares between budgets."""
+    outcome = await run_audit(plan_for(server, method=method))
+    assert outcome.ok, outcome.messages
+    for score in outcome.scores:
+        right_here = {i for i in range(QUESTIONS) if k_of(i) <= score.budget and right(i)}
+        assert score.scored == (1 << QUESTIONS) - 1
+        assert {i for i in range(QUESTIONS) if score.correct >> i & 1} == right_here
+        (point,) = [p for p in outcome.points() if p.budget == score.budget]
+        assert point.answers == (Answers(score.scored, score.correct),)

@@ -417,7 +417,9 @@ def test_the_quality_guard_audits_at_once_and_is_never_dropped(
     scheduler as quality-guard: it starts under pressure too (scheduled audits wait), and
     a request while an audit runs starts one on the first tick after it ends."""
     doc = copy.deepcopy(POLICY)
-    doc["spec"]["quality"].update(emTarget=0.55, emFloor=0.5)  # live EM here: 0.46-0.6
+    # Neither bound is reachable: the paired rule serves 1024 (not significantly worse than
+    # 2048 on the audits' questions), whose live EM here is 0.49-0.57.
+    doc["spec"]["quality"].update(emTarget=0.55, emFloor=0.53)
     options = dataclasses.replace(OPTIONS, audit_duration_s=25.0, only=("stopbudget",))
     run = simulate(trace, quality, _spec(doc), options).run("stopbudget")
     interval = 10.0

@@ -38,7 +38,7 @@ from stopbudget.clients.kube import KubeError, PatchConflict, TargetNotFound
 from stopbudget.controller import audits, exports, refresh
 from stopbudget.controller.mailbox import PolicyMailbox
 from stopbudget.controller.operator import Operator
-from stopbudget.core import curve, law, sinks
+from stopbudget.core import curve, law, pooling, sinks
 from stopbudget.core.audits import alerts, schedule
 from stopbudget.core.status import (
     REBUILT,
@@ -213,6 +213,8 @@ class Arrivals:
     last_audit: api.LastAudit | None
     curve: curve.Curve
     events: tuple[Event, ...]
+    #: The audits the curve pools (``status.auditHistory``).
+    history: tuple[pooling.Run, ...] = ()
 
 
 def take_arrivals(
@@ -235,6 +237,8 @@ def take_arrivals(
     mailbox.target = alerts.PolicyTarget.from_spec(mailbox.namespace, mailbox.name, spec, kept)
     names = tuple(r.alertname or r.fingerprint for r in kept if r.status == "firing")
     last_audit, points, source = old.last_audit, list(old.curve), old.curve_source
+    history = tuple(pooling.from_status(r) for r in old.audit_history)
+    confidence = spec.quality.confidence
     report = mailbox.finished_audit()
     if report is not None:
         done = audits.report_as_status(report)
@@ -244,9 +248,17 @@ def take_arrivals(
         last_audit = done.last
         if done.measured is not None:
             points, source = done.measured.to_status(), api.CurveSource.AUDIT
+        if done.run is not None:
+            history, outcome = pooling.admit(history, done.run, confidence)
+            last_audit = audits.with_pool_note(last_audit, history, outcome)
         events.append(done.event)
-    in_use = curve.in_use(points, source, spec.quality.prior, spec.quality.confidence)
-    return Arrivals(kept, names if firing else (), audit_state, last_audit, in_use, tuple(events))
+    if history:  # a status written before pooling has no history: its curve stands
+        in_use = pooling.pooled(history, confidence)
+    else:
+        in_use = curve.in_use(points, source, spec.quality.prior, confidence)
+    return Arrivals(
+        kept, names if firing else (), audit_state, last_audit, in_use, tuple(events), history
+    )
 
 
 # ============================================================================ 3. the sink
@@ -486,6 +498,7 @@ def facts_of(
         alerts=arrived.alerts,
         firing=arrived.firing,
         curve=arrived.curve,
+        audit_history=tuple(pooling.to_status(r) for r in arrived.history),
         last_audit=planned.last_audit,
         audited=arrived.last_audit,
         paused=paused,

@@ -130,6 +130,8 @@ class Facts:
     history: tuple[api.HistoryEntry, ...]
     plan: schedule.ScheduleDecision
     audit_state: api.AuditScheduleState | None
+    #: The audits the curve pools (:mod:`stopbudget.core.pooling`), as status keeps them.
+    audit_history: tuple[api.PooledAudit, ...] = ()
 
 
 # ============================================================================ building
@@ -153,6 +155,7 @@ def build(old: api.StopPolicyStatus, facts: Facts) -> tuple[api.StopPolicyStatus
         truncation_ratio=observation.truncation if observation is not None else None,
         curve=facts.curve.to_status(),
         curve_source=facts.curve.source,
+        audit_history=list(facts.audit_history),
         last_audit=facts.last_audit,
         next_audit_time=facts.plan.next_audit_time,
         last_patch_time=facts.last_patch_time,

@@ -62,8 +62,9 @@ def busiest_minute(trace: Trace) -> tuple[int, int]:
 def from_minute(trace: Trace, minute: int, length: float = HOUR) -> tuple[Trace, bool]:
     """The requests of ``[minute, minute + length)``, the trace repeated past its end.
 
-    The repetition's period is the trace's span rounded up to whole minutes (at least
-    one); the result's ``start`` is the start of ``minute`` and its arrivals count from it.
+    The repetition's period is the whole minutes that hold every arrival (an arrival
+    at exactly a minute's start opens that minute); the result's ``start`` is the start
+    of ``minute`` and its arrivals count from it.
     """
     return window(trace, minute * MINUTE, length, f"minute {minute}")
 
@@ -71,7 +72,7 @@ def from_minute(trace: Trace, minute: int, length: float = HOUR) -> tuple[Trace,
 def window(trace: Trace, begin: float, length: float, name: str) -> tuple[Trace, bool]:
     """The requests of ``[begin, begin + length)`` (seconds; ``begin`` may be negative:
     the repetition before the trace), the trace repeated with :func:`from_minute`'s period."""
-    period = max(math.ceil(trace.duration / MINUTE), 1) * MINUTE
+    period = (math.floor(trace.duration / MINUTE) + 1) * MINUTE
     origin, wraps_before = begin, begin < 0
     begin %= period
     picked: list[tuple[float, int, int]] = []

@@ -34,8 +34,9 @@ from stopbudget.api import (
     LastAudit,
     StopPolicySpec,
 )
+from stopbudget.core import pooling
 from stopbudget.core.audits import schedule
-from stopbudget.core.curve import Curve, Point, from_prior
+from stopbudget.core.curve import Answers, Curve, Point, from_prior
 from stopbudget.core.law import Decision, Observation, State, decide
 from stopbudget.sim.fleet import FleetConfig, FleetSignals
 from stopbudget.sim.inputs import QualityTable
@@ -179,6 +180,8 @@ class AuditRecord:
     curve: Curve
     #: Whether the curve was used: every budget had quality.minSamples answers.
     used: bool
+    #: The audit as the pool admits it (one measurement in a simulation).
+    run: pooling.Run | None = None
 
 
 @dataclass(frozen=True)
@@ -266,8 +269,10 @@ class StopBudget:
     trigger waits for the running audit), missed slots collapsing into one, and the
     precedence of triggers are the operator's.  An audit draws ``audit.sampleSize``
     questions (a fresh sample each time: the sampling noise of a real audit), scores
-    them at every ladder budget, and its curve (source audit) is used from the first
-    tick after ``audit_duration`` has passed.  Audits do not load the simulated fleet.
+    them at every ladder budget (per question, as the operator's audits do), and from the
+    first tick after ``audit_duration`` has passed the curve in use pools it with the
+    previous audits as the operator does (:mod:`stopbudget.core.pooling`).  Audits do not
+    load the simulated fleet.
     """
 
     spec: StopPolicySpec
@@ -288,6 +293,8 @@ class StopBudget:
             raise ValueError(f"audit period must be positive, got {self.audit_every}")
         self.curve = from_prior(self.spec.quality.prior, self.spec.quality.confidence)
         self.state = State()
+        #: The audits pooled into the curve in use (:mod:`stopbudget.core.pooling`).
+        self.history: tuple[pooling.Run, ...] = ()
         self._rng = random.Random(f"audits:{self.seed}")  # noqa: S311 - not security
         self._origin = self.created
         self._pending: AuditRecord | None = None
@@ -308,17 +315,21 @@ class StopBudget:
         points = []
         for b in sorted(audit.budgets):
             answers = [answer(self.quality, q, b) for q in sample]
+            correct = sum(1 << i for i, (hit, _) in enumerate(answers) if hit)
             points.append(
                 Point(
                     budget=b,
                     hits=sum(hit for hit, _ in answers),
                     samples=size,
                     mean_tokens=sum(tokens for _, tokens in answers) / size,
+                    audits=1,
+                    answers=(Answers(scored=(1 << size) - 1, correct=correct),),
                 )
             )
         curve = Curve.of(points, self.spec.quality.confidence, CurveSource.AUDIT)
         used = size >= self.spec.quality.min_samples
-        self._pending = AuditRecord(t, t + self.audit_duration, trigger, curve, used)
+        run = pooling.Run(self.created + timedelta(seconds=t), "simulated", size, curve.points)
+        self._pending = AuditRecord(t, t + self.audit_duration, trigger, curve, used, run)
 
     def _request(self, trigger: AuditTrigger) -> None:
         if self._audit is not None:
@@ -332,8 +343,11 @@ class StopBudget:
         if pending is not None and pending.finished <= t:
             self.audits.append(pending)
             self._pending = None
-            if pending.used:
-                self.curve = pending.curve
+            if pending.used and pending.run is not None:
+                self.history, _ = pooling.admit(
+                    self.history, pending.run, self.spec.quality.confidence
+                )
+                self.curve = pooling.pooled(self.history, self.spec.quality.confidence)
         period = self.audit_every
         if period is not None and t >= self._next_period:
             self._request(AuditTrigger.SCHEDULE)  # missed periods collapse into one

@@ -41,6 +41,11 @@ DES.  step                             file          rule it reports when it act
 5     ``move``                         stability.py  (keeps the rule; settles)
 ====  ===============================  ============  ==============================
 
+Step 1 reads the curve in use: the pooled audits (:mod:`stopbudget.core.pooling`),
+else ``quality.prior``. When no budget's lower bound reaches a bound, on a curve with
+per-question outcomes it takes the cheapest budget McNemar's exact test does not find
+worse than the best-measured one (:mod:`stopbudget.core.paired`), on a prior ``max``.
+
 A step that *settles* decides the budget to apply and writes the final reason;
 the chain ends there (``step.run``). Step 6 is listed last in DESIGN but acts in
 place of 3 and 4, which read the very metrics it finds missing (no data is not
