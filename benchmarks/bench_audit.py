@@ -28,9 +28,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # for tests.openai_server
+sys.path.insert(0, str(ROOT))  # for tests.support.openai_server
 
-from tests.openai_server import (  # noqa: E402
+from tests.support.openai_server import (  # noqa: E402
     MODEL,
     Canned,
     OpenAIServer,

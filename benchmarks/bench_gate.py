@@ -40,9 +40,9 @@ from typing import Any
 import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # for tests.kubelet
+sys.path.insert(0, str(ROOT))  # for tests.support.kubelet
 
-from tests.kubelet import ConfigMapVolume  # noqa: E402
+from tests.support.kubelet import ConfigMapVolume  # noqa: E402
 
 from stopbudget.core.audits import dataset  # noqa: E402
 from stopbudget.devkit import engine, servers  # noqa: E402

@@ -15,7 +15,7 @@ import pytest
 from stopbudget.devkit import apiserver, engine, servers
 from stopbudget.devkit.emulator import emulated_cluster_in_thread
 from stopbudget.devkit.exporter import ENGINES, EngineExporter
-from tests.clusters import (
+from tests.support.clusters import (
     ApiServerCluster,
     Cluster,
     EmulatedCluster,

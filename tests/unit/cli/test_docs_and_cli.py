@@ -1,0 +1,122 @@
+"""Generated docs stay in sync; `stopbudget validate` prints file: path: message and exits right."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stopbudget.cli import main
+from stopbudget.schema import apidocs
+from tests.conftest import MINIMAL
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_api_reference_is_in_sync() -> None:
+    committed = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    assert committed == apidocs.render(), "run `make docs` and commit docs/api.md"
+
+
+def test_api_reference_documents_every_spec_field() -> None:
+    text = apidocs.render()
+    for field in [
+        "emTarget",
+        "emFloor",
+        "downscaleStabilization",
+        "failureThreshold",
+        "configMapName",
+        "answerPattern",
+        "raiseBudgetOnFiring",
+        "observedEM",
+    ]:
+        assert f"`{field}`" in text
+
+
+def _write(tmp_path: Path, name: str, docs: list[object]) -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump_all(docs), encoding="utf-8")
+    return path
+
+
+def test_validate_valid_files_exit_zero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = _write(tmp_path, "good.yaml", [MINIMAL])
+    assert main.main(["validate", str(good)]) == 0
+    assert capsys.readouterr().out == f"{good}: valid\n"
+
+
+def test_validate_multi_document_reports_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    bad["spec"]["budget"]["min"] = 5000
+    other = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"}}
+    path = _write(tmp_path, "many.yaml", [MINIMAL, bad, other])
+    assert main.main(["validate", "-q", str(path)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"{path}#2: spec.budget.min: min must not exceed max: lower budget.min or raise budget.max",
+        f"{path}#3: kind: apps/v1/Deployment is not a stopbudget.io/v1alpha1 StopPolicy: "
+        "stopbudget validate checks StopPolicy documents and golden-set ConfigMaps only",
+    ]
+
+
+def test_validate_reports_yaml_errors_with_position(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("spec:\n  budget: [1,\n", encoding="utf-8")
+    assert main.main(["validate", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith(f"{path}: line 3 column 1: not valid YAML")
+
+
+def test_validate_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main.main(["validate", str(tmp_path / "nope.yaml")]) == 1
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_console_script_runs() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stopbudget",
+            "validate",
+            str(ROOT / "examples" / "recommend-mode.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.endswith("recommend-mode.yaml: valid\n")
+
+
+POLICY_EXAMPLES = [
+    p
+    for p in sorted((ROOT / "examples").glob("*.yaml"))
+    if "kind: StopPolicy" in p.read_text(encoding="utf-8")
+]
+
+
+@pytest.mark.parametrize("path", POLICY_EXAMPLES, ids=lambda p: p.name)
+def test_examples_validate(path: Path) -> None:
+    assert main.main(["validate", "-q", str(path)]) == 0
+
+
+def test_validate_golden_set_configmap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "g"},
+        "data": {"golden.jsonl": '{"question": "q", "answer": "1"}\n{"answer": "2"}\n'},
+    }
+    path = _write(tmp_path, "golden.yaml", [bad])
+    assert main.main(["validate", "-q", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith(f"{path}: data.golden.jsonl: line 2: ")
+    assert "question" in out
