@@ -1,8 +1,8 @@
 """promql.py: the presets' queries, the per-tick plan, and label escaping.
 
-Table-driven and property-based tests of the pure module, plus (marked
-`servers`) checks that every generated query and selector parses in a real
-Prometheus and reads back exactly.
+Table-driven and property-based tests of the pure module; that every generated query
+and selector parses in a real Prometheus and reads back exactly is checked in
+tests/e2e/test_promql.py.
 """
 
 from __future__ import annotations
@@ -13,14 +13,13 @@ import re
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from stopbudget import api
 from stopbudget.api import Preset
 from stopbudget.core import promql
 from stopbudget.core.promql import PromQLError, Role
-from stopbudget.devkit import servers
 from tests.conftest import MINIMAL
 
 SEL = {"namespace": "serving", "model_name": "llama"}
@@ -292,25 +291,6 @@ def _all_queries() -> list[tuple[str, str]]:
     return out
 
 
-@pytest.mark.servers
-@pytest.mark.parametrize(("name", "expr"), _all_queries())
-def test_query_parses_in_real_prometheus(
-    prometheus_server: servers.DevPrometheus, name: str, expr: str
-) -> None:
-    """format_query parses without evaluating; then the query evaluates without error."""
-    formatted = prometheus_server.api("format_query", query=expr)
-    assert isinstance(formatted, str)
-    assert formatted
-    data = prometheus_server.query(expr)
-    assert data["resultType"] == "vector", name
-
-
-@pytest.mark.servers
-def test_colon_metric_names_parse_as_written(prometheus_server: servers.DevPrometheus) -> None:
-    for metric in (promql.VLLM_WAITING, promql.SGLANG_QUEUE, promql.VLLM_KV_CACHE):
-        assert prometheus_server.api("format_query", query=metric) == metric
-
-
 label_names = st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,12}", fullmatch=True).filter(
     lambda n: not n.startswith("__")
 )
@@ -322,17 +302,3 @@ label_values = st.text(
     ),
     max_size=24,
 )
-
-
-@pytest.mark.servers
-@settings(max_examples=150, deadline=None)
-@given(selector=st.dictionaries(label_names, label_values, max_size=4))
-def test_selector_round_trips_through_real_prometheus(
-    prometheus_server: servers.DevPrometheus, selector: dict[str, str]
-) -> None:
-    """absent(m{a="v"}) returns the labels of its equality matchers, as Prometheus read them."""
-    expr = f"absent({promql.series('stopbudget_roundtrip_absent', selector)})"
-    data = prometheus_server.query(expr)
-    (sample,) = data["result"]
-    # An empty value matches "label absent", and absent() leaves such labels out.
-    assert sample["metric"] == {k: v for k, v in selector.items() if v}
