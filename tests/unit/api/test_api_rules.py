@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -77,6 +78,7 @@ def policies(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(policies())
 def test_cel_and_pydantic_flag_the_same_fields(doc: dict[str, Any]) -> None:
@@ -126,6 +128,7 @@ def test_every_rule_is_in_the_crd_and_compiles() -> None:
     assert cel_problems(schema, {"spec": {}}) is not None
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(policies())
 def test_valid_policies_round_trip_through_json(doc: dict[str, Any]) -> None:

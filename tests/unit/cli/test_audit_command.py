@@ -96,6 +96,7 @@ def test_prints_the_known_curve(
     assert f"{QUESTIONS} of {QUESTIONS} questions, method {method}, {requests} requests" in out
 
 
+@pytest.mark.slow
 def test_sample_and_plot(
     server: OpenAIServer, golden: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -79,6 +79,7 @@ def test_validate_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "cannot read" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_console_script_runs() -> None:
     done = subprocess.run(
         [

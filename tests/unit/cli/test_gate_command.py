@@ -96,6 +96,7 @@ def _get(url: str) -> bytes | None:
         return None
 
 
+@pytest.mark.slow
 def test_the_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     (tmp_path / "default.output").write_text("2\n")
     question = "What is 1 + 2?"
@@ -138,6 +139,7 @@ def test_the_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert out.rstrip().endswith("gate stopped")
 
 
+@pytest.mark.slow
 def test_a_taken_port_is_named(tmp_path: Path) -> None:
     port = servers.free_port()
     with socket.socket() as taken:

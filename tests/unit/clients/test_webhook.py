@@ -1036,6 +1036,7 @@ def test_fuzz_random_json_never_5xx(fuzz_server: tuple[str, int], doc: Any) -> N
     assert send(fuzz_server, encode(doc), AUTH) in {202, 400}
 
 
+@pytest.mark.slow
 @FUZZ
 @given(doc=near_valid_payloads())
 def test_fuzz_near_valid_payloads_never_5xx(fuzz_server: tuple[str, int], doc: Any) -> None:

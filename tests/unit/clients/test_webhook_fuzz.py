@@ -492,6 +492,7 @@ def summary(answers: list[Answer], elapsed: float) -> str:
     return "\n".join(lines)
 
 
+@pytest.mark.slow
 async def test_fuzz_10000_requests_no_5xx_no_slow_answer_no_alert_lost(webhook: Fuzzed) -> None:
     served, got = webhook.served, webhook.got
     todo = the_cases()
@@ -550,6 +551,7 @@ async def test_fuzz_10000_requests_no_5xx_no_slow_answer_no_alert_lost(webhook: 
     )
 
 
+@pytest.mark.slow
 def test_the_fuzz_is_seeded_and_covers_every_kind() -> None:
     """Same seed, same requests; every kind of request is in the mix."""
     first, again = cases(n=800), cases(n=800)

@@ -939,6 +939,7 @@ def exact(obj: Any) -> str:
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(scenario(), st.integers(1, 100_000))
 def test_property_set_writes_the_budget_and_nothing_else(
@@ -961,6 +962,7 @@ def test_property_set_writes_the_budget_and_nothing_else(
         assert sinks.set_patch(spec, target, budget, **objects(sink, after)) is None
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(scenario(), st.integers(1, 100_000))
 def test_property_restore_after_set_gives_back_the_original(
@@ -975,6 +977,7 @@ def test_property_restore_after_set_gives_back_the_original(
     assert exact(restored) == exact(before)
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(scenario(), st.integers(1, 100_000))
 def test_property_a_moved_container_fails_the_patch(

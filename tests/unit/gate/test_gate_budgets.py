@@ -146,6 +146,7 @@ def test_an_unreadable_file_is_a_bad_file() -> None:
     assert snap.table.resolve(None)[1].output == 256
 
 
+@pytest.mark.slow
 @given(
     st.lists(
         st.dictionaries(

@@ -153,6 +153,7 @@ async def test_class_header_is_configurable(
         assert upstream.seen[-1].json()["max_tokens"] == 64
 
 
+@pytest.mark.slow
 async def test_every_capped_route(
     upstream: Upstream, volume: ConfigMapVolume, client: aiohttp.ClientSession
 ) -> None:
@@ -395,6 +396,7 @@ async def no_progress(counter: Callable[[], int], quiet: float = 0.3, within: fl
     raise TimeoutError(f"still moving after {within}s: {last}")
 
 
+@pytest.mark.slow
 async def test_backpressure_holds_a_fast_upstream_to_a_slow_client(
     volume: ConfigMapVolume, client: aiohttp.ClientSession
 ) -> None:

@@ -141,6 +141,7 @@ def test_streams_read_whole(stream: bytes, tokens: int | None, reasons: dict[int
     assert scanner.outcome.reasons == reasons
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("stream", "tokens", "reasons"), STREAMS)
 @given(data=st.data())
 def test_streams_split_anywhere(

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[3]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
@@ -17,6 +19,7 @@ def test_readme_shows_the_two_commands() -> None:
     assert "make test" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_simulator_table_in_readme_is_what_the_command_prints() -> None:
     command = re.search(r"\$ (stopbudget simulate --trace [^\n]*conv[^\n]*)", README)
     assert command is not None, "the README names the simulate command it shows"

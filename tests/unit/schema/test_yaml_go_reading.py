@@ -341,6 +341,7 @@ def test_the_dumper_writes_what_go_reads_as_written() -> None:
         assert any(d.endswith(f"PyYAML reads {word!r} (quote the value)") for d in plain), word
 
 
+@pytest.mark.slow
 @needs_kubectl
 @settings(max_examples=25, deadline=None)
 @given(st.dictionaries(st.text(max_size=12), st.text(max_size=12), max_size=40))

@@ -193,6 +193,7 @@ def test_no_strategy_beats_the_oracle_on_its_objective(comparison: Comparison) -
     assert beaten_somewhere  # the objective discriminates
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None)
 @given(data=st.data())
 def test_no_schedule_beats_the_oracle(
@@ -574,6 +575,7 @@ REQUIRED = [
 FRACTIONS = ["em", "em_target_attainment", "time_below_floor", "slo_attainment"]
 
 
+@pytest.mark.slow
 def test_the_command_end_to_end(tiny: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     args = _parser().parse_args(_argv(tiny, "--out", str(tiny["out"]), "--seed", "3"))
     assert args.func(args) == 0

@@ -312,6 +312,7 @@ odd_alerts = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(alerts=st.lists(odd_alerts, max_size=6), now=st.datetimes(timezones=st.just(UTC)))
 def test_whatever_is_accepted_can_be_planned_and_stored(
@@ -566,6 +567,7 @@ def reference_observe(
     return expire(kept, now, config), outcome
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(
     payloads=st.lists(
@@ -641,6 +643,7 @@ alert_labels = st.dictionaries(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=500, deadline=None)
 @given(targets=policy_targets, labels=st.lists(alert_labels, max_size=5))
 def test_the_policy_index_matches_as_selects_does(

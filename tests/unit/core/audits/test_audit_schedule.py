@@ -588,6 +588,7 @@ steps = st.builds(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(
     schedule=st.sampled_from(SCHEDULES),

@@ -392,6 +392,7 @@ def _run(s: dict[str, Any], pressure: float | None = None) -> law.Decision:
 QUALITY_RULES = {Rule.QUALITY_GUARD, Rule.ALERT, Rule.FLOOR}
 
 
+@pytest.mark.slow
 @settings(max_examples=600, deadline=None)
 @given(scenarios())
 def test_invariants(s: dict[str, Any]) -> None:
@@ -425,6 +426,7 @@ def test_invariants(s: dict[str, Any]) -> None:
             assert NOW - last >= spec.control.cooldown
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(scenarios(), st.floats(0, 50), st.floats(0, 50))
 def test_budget_does_not_rise_with_pressure(s: dict[str, Any], p1: float, p2: float) -> None:

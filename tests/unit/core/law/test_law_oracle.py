@@ -15,6 +15,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -150,6 +151,7 @@ def ticks(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 @settings(max_examples=1500, deadline=None)
 @given(ticks())
 def test_one_tick_decides_as_before(t: dict[str, Any]) -> None:
@@ -170,6 +172,7 @@ def runs(draw: st.DrawFn) -> dict[str, Any]:
     return {"spec": spec, "curve": curve, "state": draw(states(spec, curve)), "steps": steps}
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(runs())
 def test_a_run_of_ticks_decides_as_before(r: dict[str, Any]) -> None:
