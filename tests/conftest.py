@@ -207,7 +207,7 @@ def start_alertmanager() -> Iterator[Callable[..., servers.DevAlertmanager]]:
 
 # --------------------------------------------------------------------------- Kubernetes
 # End-to-end tests take `cluster` and run on both backends: kmock's emulator and the
-# real kube-apiserver from shared/k8s (tests/clusters.py). The real server is started
+# real kube-apiserver from shared/k8s (tests/support/clusters.py). The real server is started
 # once per session; each test gets a fresh namespace there.
 
 BACKENDS = [
@@ -238,7 +238,7 @@ def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealServer
 
 @pytest.fixture(params=BACKENDS)
 def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
-    """One test's Kubernetes, on each backend (see tests/clusters.py)."""
+    """One test's Kubernetes, on each backend (see tests/support/clusters.py)."""
     if request.param == "kmock":
         with emulated_cluster_in_thread(tmp_path) as threaded:
             yield EmulatedCluster(threaded)

@@ -9,7 +9,7 @@
   Alertmanager routes the alert to the operator's webhook with the bearer token
   from a file, and the operator runs an alert-triggered audit.
 
-Each runs on both Kubernetes backends (the `cluster` fixture, tests/clusters.py).
+Each runs on both Kubernetes backends (the `cluster` fixture, tests/support/clusters.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The whole control loop, for real: kopf runs the operator, real Prometheus scrapes an
 engine exporter, and the Deployment is patched — on both Kubernetes backends (the
 `cluster` fixture): kmock's emulator, and the real kube-apiserver with the operator
-authenticated as the Helm chart's ServiceAccount (tests/clusters.py).
+authenticated as the Helm chart's ServiceAccount (tests/support/clusters.py).
 
 Every wait polls a condition with a timeout.
 """

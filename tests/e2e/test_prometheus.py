@@ -71,7 +71,7 @@ async def test_preset_signals_arrive_for_every_engine(
 ) -> None:
     """One replica publishing vLLM, SGLang and TGI series, read through each preset.
 
-    The llama.cpp preset is read from a real llama-server (tests/test_engine.py).
+    The llama.cpp preset is read from a real llama-server (tests/e2e/test_engine.py).
     """
     engine = make_exporter()
     # TGI's series have no model label: select every engine by a label of the replica.

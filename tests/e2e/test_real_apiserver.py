@@ -2,16 +2,16 @@
 
 * the CRD (``crds/``) and the chart's copy apply and become Established;
 * every example StopPolicy is accepted by ``kubectl apply``;
-* the bad-input cases of ``tests/test_bad_input.py`` that the API server can
+* the bad-input cases of ``tests/unit/api/test_bad_input.py`` that the API server can
   check are rejected by the real server at the field paths ``stopbudget
   validate`` reports, and the ones it cannot check are accepted by it (so the
-  emulation in ``tests/apiserver.py`` is checked against the real thing);
+  emulation in ``tests/support/apiserver.py`` is checked against the real thing);
 * every object the chart renders (defaults and each ``ci/*-values.yaml``) passes
   ``kubectl apply --dry-run=server``, the Prometheus Operator's kinds against
   CRDs built from the vendored upstream schemas.
 
 Documents go to kubectl as JSON, so only kubectl's reading of them is tested
-here (``tests/test_yaml_go_reading.py`` checks the YAML).
+here (``tests/unit/schema/test_yaml_go_reading.py`` checks the YAML).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The budget law as it was before it became a chain of steps (commit 62d1f86), frozen.
 
 This is the pre-refactor ``decide`` kept ONLY as an oracle for the refactor of
-``stopbudget.core.law`` into small steps: ``tests/test_law_oracle.py`` checks with
+``stopbudget.core.law`` into small steps: ``tests/unit/core/law/test_law_oracle.py`` checks with
 hypothesis that the new :func:`stopbudget.core.law.decide` returns exactly what this
 one returns (budget, rule, reason, state, flags) on generated specs, curves,
 observations and states. It is not product code: nothing outside the tests imports

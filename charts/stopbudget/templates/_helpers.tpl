@@ -78,7 +78,7 @@ app.kubernetes.io/part-of: stopbudget
 {{- end }}
 
 {{/*
-RBAC rules: exactly stopbudget.kube.PERMISSIONS (tests/test_chart.py checks
+RBAC rules: exactly stopbudget.kube.PERMISSIONS (tests/unit/chart/test_chart.py checks
 the rendered rules against it in both modes). Namespaced resources go into a
 Role per watched namespace, or into the ClusterRole when the operator watches
 the whole cluster; cluster-scoped resources always go into the ClusterRole.

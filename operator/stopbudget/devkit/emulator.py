@@ -47,7 +47,7 @@ merge patch; stopbudget sends JSON Patch and merge patch only), label and field
 selectors, ``resourceVersion`` preconditions, server-side apply, admission and
 schema validation.
 
-Differences the real API server showed (``tests/clusters.py`` runs the
+Differences the real API server showed (``tests/support/clusters.py`` runs the
 end-to-end tests on both; the real server is right, and these stay unfilled
 because the tests that need them run there):
 

@@ -2,7 +2,7 @@
 
 Hypothesis builds policies whose fields are each valid on their own but whose
 combinations break the cross-field rules at random; the API server (CEL, see
-``tests/apiserver.py``) and pydantic must flag exactly the same fields.
+``tests/support/apiserver.py``) and pydantic must flag exactly the same fields.
 """
 
 from __future__ import annotations

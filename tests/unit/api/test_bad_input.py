@@ -2,7 +2,7 @@
 
 Each case is checked twice: by ``stopbudget validate``'s layers (pydantic and the
 CRD schema) and by what the API server does with the generated CRD (schema and
-CEL, see ``tests/apiserver.py``).  Cases the API server cannot check are marked;
+CEL, see ``tests/support/apiserver.py``).  Cases the API server cannot check are marked;
 the README lists them and the operator reports them as a condition.
 """
 

@@ -1,7 +1,7 @@
 """clients/webhook.py: the Alertmanager webhook server — auth, body limits and
 decoding, the queue and its worker, threads, metrics, the log budget, fuzz, and the real
 Alertmanager posting to it with a bearer token from a file (what a payload means is
-core/audits/alerts.py: tests/test_alerts.py)."""
+core/audits/alerts.py: tests/unit/core/audits/test_alerts.py)."""
 
 from __future__ import annotations
 

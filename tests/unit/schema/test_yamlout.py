@@ -1,6 +1,6 @@
 """The YAML dumper quotes every string a YAML 1.1 or 1.2 parser could read as something else.
 
-``tests/test_yaml_go_reading.py`` checks the same dumper against kubectl itself.
+``tests/unit/schema/test_yaml_go_reading.py`` checks the same dumper against kubectl itself.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """core/audits/alerts.py: Alertmanager notifications, pure — parsing and validation,
-matching to policies, dedupe and planning (the HTTP server: tests/test_webhook.py)."""
+matching to policies, dedupe and planning (the HTTP server: tests/unit/clients/test_webhook.py)."""
 
 from __future__ import annotations
 

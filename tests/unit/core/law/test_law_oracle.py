@@ -1,6 +1,6 @@
 """The law as a chain of steps decides exactly as the law before the refactor did.
 
-``tests/law_reference.py`` is the pre-refactor ``decide``, frozen as an oracle. On
+``tests/support/law_reference.py`` is the pre-refactor ``decide``, frozen as an oracle. On
 hypothesis-generated specs, curves, observations and states (wider than the
 invariants' in ``test_control.py``: budgets applied outside [min, max], several
 signals, failed EM queries, every sink type, ``budget.initial``), the two return
