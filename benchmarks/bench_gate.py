@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # for tests.support.kubelet
 
 from tests.support.kubelet import ConfigMapVolume  # noqa: E402
+from tests.support.waiting import wait_for  # noqa: E402
 
 from stopbudget.core.audits import dataset  # noqa: E402
 from stopbudget.devkit import engine, servers  # noqa: E402
@@ -83,7 +84,7 @@ def process(args: Sequence[str], ready_url: str, log: Path) -> Iterator[subproce
     with log.open("wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
         try:
-            servers.wait_until(lambda: _ready(ready_url), timeout=60, what=ready_url)
+            wait_for(lambda: _ready(ready_url), timeout=60, what=ready_url)
             yield proc
         finally:
             proc.terminate()
@@ -238,7 +239,7 @@ def _engine_count(server: engine.DevLlamaServer, before: int, reported: int) -> 
         delta = server.tokens_predicted() - before
         return delta if delta >= reported else None
 
-    return servers.wait_until(counted, timeout=10, what="the engine's count")
+    return wait_for(counted, timeout=10, what="the engine's count")
 
 
 async def caps_on_engine(

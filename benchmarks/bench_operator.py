@@ -77,6 +77,10 @@ from stopbudget.devkit.emulator import Emulator, ThreadedCluster, emulated_clust
 from stopbudget.devkit.exporter import EngineExporter
 from stopbudget.devkit.servers import DevPrometheus, free_port, missing_binaries
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support
+
+from tests.support import builders
+
 SIZES = (10, 100, 1000)
 INTERVAL = 5.0
 NAMESPACES = 10
@@ -114,26 +118,9 @@ def deployment(namespace: str, name: str, *, arg_sink: bool, model: str) -> dict
     args = ["--model", model]
     if arg_sink:
         args += [ARG_FLAG, '{"max_new_tokens": 1024}']
-    vllm = {
-        "name": "vllm",
-        "image": "vllm/vllm-openai:v0.11.0",
-        "args": args,
-        "env": [{"name": "HF_HOME", "value": "/cache"}],
-    }
-    sidecar = {"name": "metrics-proxy", "image": "nginx:1.27", "args": ["--port=9000"]}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [vllm, sidecar]},
-            },
-        },
-    }
+    vllm = builders.container(args=args, env=[{"name": "HF_HOME", "value": "/cache"}])
+    sidecar = builders.container("metrics-proxy", "nginx:1.27", args=["--port=9000"])
+    return builders.deployment(name, namespace, [vllm, sidecar], replicas=2)
 
 
 @dataclass(frozen=True)

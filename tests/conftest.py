@@ -1,12 +1,10 @@
 from __future__ import annotations
 
-import asyncio
 import copy
 import itertools
 import signal
 import sys
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,6 +13,7 @@ import pytest
 from stopbudget.devkit import apiserver, engine, servers
 from stopbudget.devkit.emulator import emulated_cluster_in_thread
 from stopbudget.devkit.exporter import ENGINES, EngineExporter
+from tests.support.builders import MINIMAL
 from tests.support.clusters import (
     ApiServerCluster,
     Cluster,
@@ -28,19 +27,6 @@ def pytest_configure(config: pytest.Config) -> None:
     """SIGTERM (as `timeout` sends) ends the run through SystemExit, so that the servers
     the run started are stopped at exit (stopbudget.devkit.servers) rather than left behind."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-
-
-# A minimal valid StopPolicy; tests copy and change it.
-MINIMAL: dict[str, Any] = {
-    "apiVersion": "stopbudget.io/v1alpha1",
-    "kind": "StopPolicy",
-    "metadata": {"name": "p", "namespace": "serving"},
-    "spec": {
-        "targetRef": {"name": "vllm"},
-        "budget": {"min": 64, "max": 1024, "sink": {"type": "env", "name": "MAX_TOKENS"}},
-        "quality": {"emTarget": 0.8, "emFloor": 0.7},
-    },
-}
 
 
 @pytest.fixture
@@ -76,31 +62,6 @@ def require_binaries(*names: str) -> None:
             f"{', '.join(missing)} not installed: `make test` installs the Debian packages "
             "prometheus and prometheus-alertmanager"
         )
-
-
-def wait_for(probe: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:
-    """Poll ``probe`` until it returns something truthy; return it."""
-    return servers.wait_until(probe, timeout=timeout, what=what)
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]],
-    accept: Callable[[T], bool],
-    within: float = 20.0,
-    what: str = "condition",
-) -> T:
-    """Await ``probe()`` until ``accept`` holds for its result; return that result.
-
-    The TimeoutError shows the last result, so a failure says what was seen.
-    """
-    deadline = time.monotonic() + within
-    while True:
-        last = await probe()
-        if accept(last):
-            return last
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{what} not reached within {within:g}s; last: {last!r}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture(scope="session")

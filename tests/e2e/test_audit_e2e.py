@@ -28,9 +28,10 @@ from kopf.testing import KopfRunner
 from stopbudget.controller.tick import first_delay
 from stopbudget.core.curve import wilson_lower
 from stopbudget.devkit import servers
-from tests.conftest import wait_for
+from tests.support.builders import container, deployment, stop_policy
 from tests.support.clusters import Cluster
 from tests.support.openai_server import MODEL, Canned, ThreadedOpenAIServer, reply
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.servers
 
@@ -63,42 +64,27 @@ def _configmap(ns: str, items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _deployment(ns: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "vllm", "namespace": ns},
-        "spec": {
-            "selector": {"matchLabels": {"app": "vllm"}},
-            "template": {
-                "metadata": {"labels": {"app": "vllm"}},
-                "spec": {"containers": [{"name": "vllm", "image": "vllm"}]},
-            },
-        },
-    }
+    return deployment("vllm", ns, [container(image="vllm")])
 
 
 def _policy(ns: str, endpoint: str, **audit: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "stopbudget.io/v1alpha1",
-        "kind": "StopPolicy",
-        "metadata": {"name": "chat", "namespace": ns},
-        "spec": {
-            "targetRef": {"name": "vllm"},
-            "budget": {"min": 16, "max": 128, "sink": {"type": "env", "name": "MAX_TOKENS"}},
-            "quality": {"emTarget": 0.6, "emFloor": 0.4, "minSamples": 40},
-            "control": {"interval": "1s", "cooldown": "0s", "downscaleStabilization": "0s"},
-            "audit": {
-                "endpoint": endpoint,
-                "model": MODEL,
-                "dataset": {"configMapRef": {"name": "golden"}},
-                "budgets": LADDER,
-                "method": "truncate",
-                "sampleSize": 40,
-                "concurrency": 8,
-            }
-            | audit,
-        },
-    }
+    return stop_policy(
+        "chat",
+        ns,
+        budget={"min": 16, "max": 128, "sink": {"type": "env", "name": "MAX_TOKENS"}},
+        quality={"emTarget": 0.6, "emFloor": 0.4, "minSamples": 40},
+        control={"interval": "1s", "cooldown": "0s", "downscaleStabilization": "0s"},
+        audit={
+            "endpoint": endpoint,
+            "model": MODEL,
+            "dataset": {"configMapRef": {"name": "golden"}},
+            "budgets": LADDER,
+            "method": "truncate",
+            "sampleSize": 40,
+            "concurrency": 8,
+        }
+        | audit,
+    )
 
 
 def _status(obj: dict[str, Any] | None) -> dict[str, Any]:
@@ -426,7 +412,7 @@ def test_alert_dedupe_survives_an_operator_restart(
             except OSError:  # not listening yet
                 return False
 
-        servers.wait_until(accepted, timeout=20, what="the webhook to accept")
+        wait_for(accepted, timeout=20, what="the webhook to accept")
         stamp = _status(cluster.get(*SP, cluster.ns, "chat"))["lastEvaluationTime"]
         cluster.wait_for(
             *SP,
@@ -504,7 +490,7 @@ def test_an_alert_right_after_a_restart_is_never_lost(
         return answers[-1] == 202
 
     with KopfRunner(OPERATOR, timeout=60) as runner:
-        servers.wait_until(accepted, timeout=30, what="the webhook to accept the alert")
+        wait_for(accepted, timeout=30, what="the webhook to accept the alert")
         assert set(answers) <= {202, 503}, answers
         cluster.wait_for(*SP, cluster.ns, name, _last_audit("Succeeded", "alert"), within=30)
         cluster.wait_for_event(cluster.ns, name, "AuditSucceeded", count=2)

@@ -22,7 +22,8 @@ from typing import IO
 import pytest
 
 from stopbudget.devkit import demo, servers
-from tests.conftest import require_binaries, wait_for
+from tests.conftest import require_binaries
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.servers
 

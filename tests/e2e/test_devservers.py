@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from stopbudget.devkit import servers
+from tests.support.waiting import wait_for
 
 SCRIPT = """
 import signal, sys, threading
@@ -45,4 +46,4 @@ def test_a_run_ended_by_sigterm_leaves_no_server_behind() -> None:
     runner.send_signal(signal.SIGTERM)
     assert runner.wait(timeout=30) == 128 + signal.SIGTERM
     runner.stdout.close()
-    servers.wait_until(lambda: not _alive(server_pid), timeout=15, what="prometheus stopped")
+    wait_for(lambda: not _alive(server_pid), timeout=15, what="prometheus stopped")

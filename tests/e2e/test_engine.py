@@ -28,8 +28,10 @@ from stopbudget.devkit import engine, servers
 from stopbudget.gate.caps import Engine
 from stopbudget.gate.proxy import GateConfig
 from stopbudget.gate.server import Address, RunningGate, ServeOptions, running_gate
-from tests.conftest import ENGINES_JOB, MINIMAL, eventually
+from tests.conftest import ENGINES_JOB
+from tests.support.builders import MINIMAL
 from tests.support.kubelet import ConfigMapVolume
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.engine
 

@@ -30,7 +30,9 @@ from stopbudget import api
 from stopbudget.devkit import apiserver, servers
 from stopbudget.devkit.exporter import EngineExporter
 from tests.conftest import require_real_apiserver
+from tests.support.builders import container, deployment
 from tests.support.clusters import CHART, ROOT, install_monitoring_crds
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.servers, pytest.mark.apiserver]
 
@@ -278,7 +280,7 @@ def reconcile_example_as_the_chart(
                                             "-o", "json").stdout)  # fmt: skip
             return bool((got.get("status") or {}).get("lastPatchTime"))
 
-        servers.wait_until(patched, timeout=60, what="the example patched by the operator")
+        wait_for(patched, timeout=60, what="the example patched by the operator")
         stored = server.kubectl("get", "deployment", "vllm-llama", "-n", "serving", "-o", "json")
         vllm_args = json.loads(stored.stdout)["spec"]["template"]["spec"]["containers"][0]["args"]
         assert '{"max_new_tokens": 1024}' not in vllm_args
@@ -287,26 +289,12 @@ def reconcile_example_as_the_chart(
 
 
 def _vllm_deployment(spec: Obj) -> Obj:
-    name, container = spec["targetRef"]["name"], spec["targetRef"]["container"]
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": "serving"},
-        "spec": {
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "containers": [
-                        {"name": container, "image": "vllm/vllm-openai:v0.11.0",
-                         "args": ["--model", "meta-llama/Llama-3.1-8B-Instruct",
-                                  "--override-generation-config", '{"max_new_tokens": 1024}']},
-                        {"name": "metrics-proxy", "image": "nginx:1.27"},
-                    ]
-                },
-            },
-        },
-    }  # fmt: skip
+    name, vllm = spec["targetRef"]["name"], spec["targetRef"]["container"]
+    args = ["--model", "meta-llama/Llama-3.1-8B-Instruct",
+            "--override-generation-config", '{"max_new_tokens": 1024}']  # fmt: skip
+    return deployment(
+        name, "serving", [container(vllm, args=args), container("metrics-proxy", "nginx:1.27")]
+    )
 
 
 @pytest.mark.parametrize("values", CI_VALUES, ids=[p.name for p in CI_VALUES])
@@ -445,7 +433,7 @@ def test_crd_upgrade_from_the_field_n_says_how_to_fix_stored_policies(
                     return dict(c)
             return None
 
-        condition = servers.wait_until(ready_reason, timeout=60, what="InvalidSpec")
+        condition = wait_for(ready_reason, timeout=60, what="InvalidSpec")
         assert "samples" in condition["message"]
         assert "`n`" in condition["message"] or " n " in condition["message"]
 
@@ -457,7 +445,7 @@ def test_crd_upgrade_from_the_field_n_says_how_to_fix_stored_policies(
         for item in fixed["spec"]["quality"]["prior"]:
             item["samples"] = item.pop("n")
         server.kubectl("apply", "-f", "-", stdin=json.dumps(fixed))
-        servers.wait_until(lambda: ready_reason() is None, timeout=60, what="InvalidSpec cleared")
+        wait_for(lambda: ready_reason() is None, timeout=60, what="InvalidSpec cleared")
 
 
 class operator_process:  # noqa: N801 - a context manager used like a function

@@ -34,7 +34,9 @@ import pytest
 
 from stopbudget.devkit import servers
 from stopbudget.devkit.exporter import EngineExporter
+from tests.support.builders import container, deployment, stop_policy
 from tests.support.clusters import RELEASE_NAMESPACE, ApiServerCluster, RealServer, chart_objects
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.servers, pytest.mark.apiserver]
 
@@ -48,59 +50,36 @@ SEED = 20261202
 
 
 def _deployment(ns: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "vllm", "namespace": ns},
-        "spec": {
-            "selector": {"matchLabels": {"app": "vllm"}},
-            "template": {
-                "metadata": {"labels": {"app": "vllm"}},
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "vllm",
-                            "image": "vllm/vllm-openai:v0.11.0",
-                            "env": [{"name": "MAX_TOKENS", "value": "2048"}],
-                        }
-                    ]
-                },
-            },
-        },
-    }
+    return deployment("vllm", ns, [container(env=[{"name": "MAX_TOKENS", "value": "2048"}])])
 
 
 def _policy(ns: str, model: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "stopbudget.io/v1alpha1",
-        "kind": "StopPolicy",
-        "metadata": {"name": "chat", "namespace": ns},
-        "spec": {
-            "targetRef": {"name": "vllm"},
-            "budget": {"min": 64, "max": 1024, "sink": {"type": "env", "name": "MAX_TOKENS"}},
-            "quality": {
-                "emTarget": 0.8,
-                "emFloor": 0.7,
-                "prior": [
-                    {"budget": 128, "em": 0.40, "samples": 10000},
-                    {"budget": 256, "em": 0.72, "samples": 10000},
-                    {"budget": 512, "em": 0.84, "samples": 10000},
-                    {"budget": 1024, "em": 0.86, "samples": 10000},
-                ],
-            },
-            "load": {
-                "preset": "vllm",
-                "selector": {"model_name": model},
-                "signals": [{"name": "queue", "target": 10}],
-            },
-            "control": {
-                "interval": "1s",
-                "cooldown": "0s",
-                "downscaleStabilization": "0s",
-                "tolerance": 0.05,
-            },
+    return stop_policy(
+        "chat",
+        ns,
+        budget={"min": 64, "max": 1024, "sink": {"type": "env", "name": "MAX_TOKENS"}},
+        quality={
+            "emTarget": 0.8,
+            "emFloor": 0.7,
+            "prior": [
+                {"budget": 128, "em": 0.40, "samples": 10000},
+                {"budget": 256, "em": 0.72, "samples": 10000},
+                {"budget": 512, "em": 0.84, "samples": 10000},
+                {"budget": 1024, "em": 0.86, "samples": 10000},
+            ],
         },
-    }
+        load={
+            "preset": "vllm",
+            "selector": {"model_name": model},
+            "signals": [{"name": "queue", "target": 10}],
+        },
+        control={
+            "interval": "1s",
+            "cooldown": "0s",
+            "downscaleStabilization": "0s",
+            "tolerance": 0.05,
+        },
+    )
 
 
 def _status(obj: dict[str, Any] | None) -> dict[str, Any]:
@@ -152,7 +131,7 @@ class Operator:
             )  # fmt: skip
 
     def wait_ready(self) -> None:
-        servers.wait_until(lambda: self.alive() and _ready(self.port), timeout=30, what="ready")
+        wait_for(lambda: self.alive() and _ready(self.port), timeout=30, what="ready")
 
     def alive(self) -> bool:
         assert self.process is not None

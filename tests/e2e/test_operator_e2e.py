@@ -8,7 +8,6 @@ Every wait polls a condition with a timeout.
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +17,8 @@ from kopf.testing import KopfRunner
 
 from stopbudget.devkit import servers
 from stopbudget.devkit.exporter import EngineExporter
+from tests.support import builders
+from tests.support.builders import container, stop_policy
 from tests.support.clusters import Cluster
 
 pytestmark = pytest.mark.servers
@@ -35,65 +36,49 @@ SIDECAR = {
 
 
 def deployment(ns: str, name: str, env: list[dict[str, str]] | None = None) -> dict[str, Any]:
-    vllm = {
-        "name": "vllm",
-        "image": "vllm/vllm-openai:v0.11.0",
-        "args": ["--model", "meta-llama/Llama-3.1-8B-Instruct"],
-        "env": env if env is not None else [{"name": "HF_HOME", "value": "/cache"}],
-    }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [vllm, copy.deepcopy(SIDECAR)]},
-            },
-        },
-    }
+    vllm = container(
+        args=["--model", "meta-llama/Llama-3.1-8B-Instruct"],
+        env=env if env is not None else [{"name": "HF_HOME", "value": "/cache"}],
+    )
+    return builders.deployment(name, ns, [vllm, SIDECAR], replicas=2)
 
 
 def stoppolicy(ns: str, name: str, target: str, model: str, **control: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "stopbudget.io/v1alpha1",
-        "kind": "StopPolicy",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "targetRef": {"name": target, "container": "vllm"},
-            "budget": {
-                "min": 64,
-                "max": 1024,
-                "initial": 1024,
-                "sink": {"type": "env", "name": "MAX_TOKENS"},
-            },
-            "quality": {
-                "emTarget": 0.8,
-                "emFloor": 0.7,
-                "prior": [
-                    {"budget": 128, "em": 0.40, "samples": 10000},
-                    {"budget": 256, "em": 0.72, "samples": 10000},
-                    {"budget": 512, "em": 0.84, "samples": 10000},
-                    {"budget": 1024, "em": 0.86, "samples": 10000},
-                ],
-            },
-            "load": {
-                "preset": "vllm",
-                "selector": {"model_name": model},
-                "signals": [{"name": "queue", "target": 10}],
-            },
-            "control": {
-                "interval": "1s",
-                "cooldown": "0s",
-                "downscaleStabilization": "2s",
-                "tolerance": 0.05,
-                "fallback": {"failureThreshold": 2, "behavior": "max"},
-            }
-            | control,
+    return stop_policy(
+        name,
+        ns,
+        target=target,
+        container="vllm",
+        budget={
+            "min": 64,
+            "max": 1024,
+            "initial": 1024,
+            "sink": {"type": "env", "name": "MAX_TOKENS"},
         },
-    }
+        quality={
+            "emTarget": 0.8,
+            "emFloor": 0.7,
+            "prior": [
+                {"budget": 128, "em": 0.40, "samples": 10000},
+                {"budget": 256, "em": 0.72, "samples": 10000},
+                {"budget": 512, "em": 0.84, "samples": 10000},
+                {"budget": 1024, "em": 0.86, "samples": 10000},
+            ],
+        },
+        load={
+            "preset": "vllm",
+            "selector": {"model_name": model},
+            "signals": [{"name": "queue", "target": 10}],
+        },
+        control={
+            "interval": "1s",
+            "cooldown": "0s",
+            "downscaleStabilization": "2s",
+            "tolerance": 0.05,
+            "fallback": {"failureThreshold": 2, "behavior": "max"},
+        }
+        | control,
+    )
 
 
 def env_of(dep: dict[str, Any] | None, container: str = "vllm") -> dict[str, Any]:

@@ -23,7 +23,7 @@ from stopbudget.core import promql
 from stopbudget.core.law import Observation
 from stopbudget.devkit import servers
 from stopbudget.devkit.exporter import ENGINES, EngineExporter
-from tests.conftest import eventually, wait_for
+from tests.support.waiting import eventually, wait_for
 from tests.unit.clients.test_prometheus import (
     NAME,
     NS,

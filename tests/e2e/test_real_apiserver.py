@@ -28,7 +28,7 @@ import yaml
 
 from stopbudget import api
 from stopbudget.schema import validate
-from tests.conftest import MINIMAL
+from tests.support.builders import MINIMAL
 from tests.support.clusters import (
     CRD,
     RELEASE_NAMESPACE,

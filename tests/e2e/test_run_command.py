@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 
 from stopbudget.devkit import servers
+from tests.support.builders import container, deployment, stop_policy
 from tests.support.clusters import Cluster
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.servers
 
@@ -31,42 +33,24 @@ def _get(url: str) -> tuple[int, str]:
 
 
 def _policy(ns: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "stopbudget.io/v1alpha1",
-        "kind": "StopPolicy",
-        "metadata": {"name": "chat", "namespace": ns},
-        "spec": {
-            "targetRef": {"name": "vllm"},
-            "budget": {
-                "min": 64,
-                "max": 1024,
-                "initial": 300,
-                "sink": {"type": "annotation", "name": "stopbudget.io/max-tokens"},
-            },
-            "quality": {"emTarget": 0.8, "emFloor": 0.7},
-            "control": {"interval": "1s"},
+    return stop_policy(
+        "chat",
+        ns,
+        budget={
+            "min": 64,
+            "max": 1024,
+            "initial": 300,
+            "sink": {"type": "annotation", "name": "stopbudget.io/max-tokens"},
         },
-    }
+        control={"interval": "1s"},
+    )
 
 
 @pytest.mark.parametrize("scope", ["-A", "-n"])
 def test_run_serves_health_reconciles_and_stops_on_sigterm(
     cluster: Cluster, tmp_path: Path, scope: str
 ) -> None:
-    cluster.create(
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "vllm", "namespace": cluster.ns},
-            "spec": {
-                "selector": {"matchLabels": {"app": "vllm"}},
-                "template": {
-                    "metadata": {"labels": {"app": "vllm"}},
-                    "spec": {"containers": [{"name": "vllm", "image": "v"}]},
-                },
-            },
-        }
-    )
+    cluster.create(deployment("vllm", cluster.ns, [container(image="v")]))
     port = servers.free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STOPBUDGET_")}
     env |= {"STOPBUDGET_METRICS_PORT": str(port), "STOPBUDGET_BIND_ADDRESS": "127.0.0.1"}
@@ -88,7 +72,7 @@ def test_run_serves_health_reconciles_and_stops_on_sigterm(
         env=env,
     )
     try:
-        servers.wait_until(
+        wait_for(
             lambda: _get(f"http://127.0.0.1:{port}/readyz")[0] == 200, timeout=30, what="readiness"
         )
         assert _get(f"http://127.0.0.1:{port}/healthz") == (200, "ok\n")
@@ -107,7 +91,7 @@ def test_run_serves_health_reconciles_and_stops_on_sigterm(
         )
         assert dep is not None
         logged = tmp_path / "operator.log"
-        servers.wait_until(
+        wait_for(
             lambda: "BudgetChanged" in logged.read_text(),
             timeout=30,
             what="the BudgetChanged log line",

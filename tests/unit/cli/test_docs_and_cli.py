@@ -11,7 +11,7 @@ import yaml
 
 from stopbudget.cli import main
 from stopbudget.schema import apidocs
-from tests.conftest import MINIMAL
+from tests.support.builders import MINIMAL
 
 ROOT = Path(__file__).resolve().parents[3]
 

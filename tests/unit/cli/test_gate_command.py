@@ -17,6 +17,7 @@ from stopbudget.cli import gate, main
 from stopbudget.devkit import servers
 from stopbudget.gate.caps import Engine
 from tests.support.openai_server import MODEL, ThreadedOpenAIServer, reply
+from tests.support.waiting import wait_for
 
 
 def test_engines_agree_with_the_caps_module() -> None:
@@ -115,7 +116,7 @@ def test_the_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
             text=True,
         )  # fmt: skip
         try:
-            servers.wait_until(
+            wait_for(
                 lambda: _get(f"http://127.0.0.1:{metrics_port}/healthz"), timeout=30, what="gate"
             )
             body = {"model": MODEL, "prompt": question, "max_tokens": 100}

@@ -18,6 +18,7 @@ from stopbudget.clients import audit_runner
 from stopbudget.clients.audit_runner import AuditOutcome, AuditPlan, BudgetScore, run_audit
 from stopbudget.core.audits.dataset import GoldenItem
 from tests.support.openai_server import MODEL, Canned, OpenAIServer, reply, words
+from tests.support.waiting import wait_for_async
 
 BUDGETS = (16, 32, 64, 128)
 QUESTIONS = 60
@@ -90,13 +91,6 @@ def closed_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
-
-
-async def wait_for(condition: Any, limit: float = 5.0) -> None:
-    """Poll ``condition()`` until true; fail after ``limit`` seconds."""
-    async with asyncio.timeout(limit):
-        while not condition():  # noqa: ASYNC110 - polling a condition is the point
-            await asyncio.sleep(0.005)
 
 
 # ------------------------------------------------------------------ exact curves
@@ -234,7 +228,7 @@ async def test_the_endpoint_going_away_midway_gives_up_after_some_questions() ->
         progress.append(done)
 
     task = asyncio.create_task(run_audit(plan, progress=step))
-    await wait_for(lambda: len(progress) > 5)
+    await wait_for_async(lambda: len(progress) > 5)
     await server.stop()
     outcome = await task
     assert not outcome.ok
@@ -301,7 +295,7 @@ async def test_cancellation_leaks_nothing(
     monkeypatch.setattr(aiohttp, "ClientSession", recording)
     server.hang_next(1000)
     task = asyncio.create_task(run_audit(plan_for(server, concurrency=4)))
-    await wait_for(lambda: server.hung == 4)
+    await wait_for_async(lambda: server.hung == 4)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

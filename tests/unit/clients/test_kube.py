@@ -32,6 +32,7 @@ from stopbudget import api
 from stopbudget.clients import kube
 from stopbudget.core import sinks
 from stopbudget.devkit import emulator
+from tests.support.builders import container, deployment
 
 NS = "serving"
 DEPLOYMENT = ("apps/v1", "Deployment")
@@ -43,37 +44,23 @@ TARGET = api.TargetRef(name="vllm-llama", container="vllm")
 
 def vllm_deployment(args: list[str] | None = None) -> dict[str, Any]:
     """A vLLM Deployment with a metrics sidecar that has the same env var and flag names."""
-    serving = {
-        "name": "vllm",
-        "image": "vllm/vllm-openai:v0.8.5",
-        "args": args
+    serving = container(
+        image="vllm/vllm-openai:v0.8.5",
+        args=args
         if args is not None
         else ["--model", "meta-llama/Llama-3.1-8B-Instruct", "--max-model-len=8192"],
-        "env": [
-            {"name": "HF_HOME", "value": "/cache"},
-            {"name": "MAX_TOKENS", "value": "512"},
-        ],
-        "ports": [{"containerPort": 8000}],
-    }
-    sidecar = {
-        "name": "metrics",
-        "image": "example/exporter:1",
-        "args": ["--override-generation-config", "untouched", "--port=9400"],
-        "env": [{"name": "MAX_TOKENS", "value": "untouched"}],
-    }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "vllm-llama", "namespace": NS, "labels": {"app": "vllm"}},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": {"app": "vllm"}},
-            "template": {
-                "metadata": {"labels": {"app": "vllm"}},
-                "spec": {"containers": [serving, sidecar]},
-            },
-        },
-    }
+        env=[{"name": "HF_HOME", "value": "/cache"}, {"name": "MAX_TOKENS", "value": "512"}],
+        ports=[{"containerPort": 8000}],
+    )
+    sidecar = container(
+        "metrics",
+        "example/exporter:1",
+        args=["--override-generation-config", "untouched", "--port=9400"],
+        env=[{"name": "MAX_TOKENS", "value": "untouched"}],
+    )
+    return deployment(
+        "vllm-llama", NS, [serving, sidecar], replicas=2, app="vllm", labels={"app": "vllm"}
+    )
 
 
 def budget_spec(sink: dict[str, Any]) -> api.Budget:

@@ -28,7 +28,7 @@ from stopbudget.clients.settings import Settings
 from stopbudget.core.law import Observation
 from stopbudget.devkit import servers
 from stopbudget.devkit.exporter import EngineExporter
-from tests.conftest import MINIMAL
+from tests.support.builders import MINIMAL
 
 NS, NAME = "serving", "policy"
 

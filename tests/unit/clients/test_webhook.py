@@ -46,7 +46,7 @@ from stopbudget.core.audits.alerts import (
     PolicyTarget,
     WebhookPayload,
 )
-from tests.conftest import eventually
+from tests.support.waiting import eventually
 from tests.unit.core.audits.test_alerts import (
     BAD_PARAMS,
     OUT_OF_UTC,

@@ -20,7 +20,7 @@ from stopbudget import api
 from stopbudget.api import Preset
 from stopbudget.core import promql
 from stopbudget.core.promql import PromQLError, Role
-from tests.conftest import MINIMAL
+from tests.support.builders import MINIMAL
 
 SEL = {"namespace": "serving", "model_name": "llama"}
 M = '{model_name="llama",namespace="serving"}'

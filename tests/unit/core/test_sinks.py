@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from stopbudget import api
 from stopbudget.core import sinks
+from tests.support import builders
 
 VLLM_FORMAT = '{"max_new_tokens": {budget}}'
 ENV = {"type": "env", "name": "MAX_TOKENS"}
@@ -58,21 +59,18 @@ SIDECAR = container(
 def deployment(
     *containers: dict[str, Any], annotations: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": "vllm-llama", "namespace": "serving", "resourceVersion": "7"}
+    meta: dict[str, Any] = {"resourceVersion": "7"}
     if annotations is not None:
         meta["annotations"] = annotations
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": meta,
-        "spec": {
-            "replicas": 2,
-            "template": {
-                "metadata": {"labels": {"app": "vllm"}},
-                "spec": {"containers": list(containers) or [container(), SIDECAR]},
-            },
-        },
-    }
+    return builders.deployment(
+        "vllm-llama",
+        "serving",
+        list(containers) or [container(), SIDECAR],
+        replicas=2,
+        app="vllm",
+        selector=False,
+        **meta,
+    )
 
 
 def with_env(*entries: dict[str, Any]) -> dict[str, Any]:

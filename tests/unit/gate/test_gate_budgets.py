@@ -15,8 +15,8 @@ from stopbudget.gate import budgets
 from stopbudget.gate.budgets import Changed, Invalid, Key, Snapshot, Table, apply
 from stopbudget.gate.caps import Caps, Kind
 from stopbudget.gate.watcher import BudgetWatcher, read_directory
-from tests.conftest import eventually
 from tests.support.kubelet import ConfigMapVolume
+from tests.support.waiting import eventually
 
 OUT, THINK = Kind.OUTPUT, Kind.THINKING
 

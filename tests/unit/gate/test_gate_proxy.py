@@ -19,10 +19,10 @@ from yarl import URL
 from stopbudget.gate.caps import ANSWER_ROOM, Engine
 from stopbudget.gate.proxy import GateConfig
 from stopbudget.gate.server import Address, ListenError, RunningGate, ServeOptions, running_gate
-from tests.conftest import eventually
 from tests.support.gate_upstream import Upstream
 from tests.support.kubelet import ConfigMapVolume
 from tests.support.openai_server import MODEL, OpenAIServer, reply
+from tests.support.waiting import eventually
 
 HOST = "127.0.0.1"
 CHAT = "/v1/chat/completions"
