@@ -27,7 +27,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # for tests.support.kubelet
 
 from tests.support.kubelet import ConfigMapVolume  # noqa: E402
+from tests.support.procs import Process  # noqa: E402
 from tests.support.waiting import wait_for  # noqa: E402
 
 from stopbudget.core.audits import dataset  # noqa: E402
@@ -80,19 +80,11 @@ def _ready(url: str) -> bool:
 
 
 @contextmanager
-def process(args: Sequence[str], ready_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            wait_for(lambda: _ready(ready_url), timeout=60, what=ready_url)
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+def process(args: Sequence[str], ready_url: str, log: Path) -> Iterator[Process]:
+    log.write_bytes(b"")
+    with Process(args, log) as proc:  # stopped on exit: SIGTERM, then SIGKILL after 30 s
+        wait_for(lambda: _ready(ready_url), timeout=60, what=ready_url)
+        yield proc
 
 
 @contextmanager

@@ -79,7 +79,7 @@ from stopbudget.devkit.servers import DevPrometheus, free_port, missing_binaries
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support
 
-from tests.support import builders
+from tests.support import builders, procs
 
 SIZES = (10, 100, 1000)
 INTERVAL = 5.0
@@ -388,17 +388,12 @@ class Process:
 
     def __init__(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> None:
         self.argv = list(argv)
-        self._log = log_path.open("wb")
         self.log_path = log_path
-        self.popen = subprocess.Popen(
-            self.argv,
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches this script, which stops it in order
-        )
-        self.pid = self.popen.pid
+        log_path.write_bytes(b"")
+        # A session of its own: Ctrl-C reaches this script, which stops it in order.
+        self.proc = procs.Process(self.argv, log_path, env=env, new_session=True)
+        self.popen = self.proc.popen
+        self.pid = self.proc.pid
 
     def cpu(self) -> CpuSample:
         main = _stat_cpu(Path(f"/proc/{self.pid}/task/{self.pid}/stat"))
@@ -421,16 +416,14 @@ class Process:
         """SIGTERM, wait, SIGKILL: the exit code (None if killed) and the seconds it took."""
         started = time.monotonic()
         code: int | None = None
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
+        if self.proc.alive():
+            self.proc.send_signal(signal.SIGTERM)
             try:
-                code = self.popen.wait(timeout=timeout)
+                code = self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout=timeout)
+                self.proc.kill(timeout=timeout)
         else:
             code = self.popen.returncode
-        self._log.close()
         return code, time.monotonic() - started
 
 

@@ -8,21 +8,18 @@ from __future__ import annotations
 
 import io
 import os
-import queue
 import re
 import signal
 import struct
-import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
-from typing import IO
 
 import pytest
 
 from stopbudget.devkit import demo, servers
 from tests.conftest import require_binaries
+from tests.support.procs import Process
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.servers
@@ -114,33 +111,22 @@ def test_demo_closes_the_loop_and_leaves_nothing_behind(tmp_path: Path) -> None:
     assert not [t for t in left if t.name == "kubernetes-emulator"], left
 
 
-def _reader(stream: IO[str], lines: queue.Queue[str | None]) -> None:
-    for line in stream:
-        lines.put(line)
-    lines.put(None)
-
-
 def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
     require_binaries(servers.PROMETHEUS)
-    process = subprocess.Popen(
+    process = Process(
         [sys.executable, "-m", "stopbudget", "demo", "--duration", "60", "--out", str(tmp_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        tmp_path.parent / f"{tmp_path.name}-demo.log",
         cwd=ROOT,
     )
-    assert process.stdout is not None
-    lines: queue.Queue[str | None] = queue.Queue()
-    reader = threading.Thread(target=_reader, args=(process.stdout, lines), daemon=True)
-    reader.start()
-    seen: list[str] = []
+
+    def decided() -> bool:
+        output = process.output()
+        assert process.alive() or any(DECISION.match(line) for line in output.splitlines()), output
+        return any(DECISION.match(line) for line in output.splitlines())
+
     try:
-        deadline = time.monotonic() + 60
-        while not any(DECISION.match(line.rstrip("\n")) for line in seen):
-            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            assert line is not None, "".join(seen)
-            seen.append(line)
-        output = "".join(seen)
+        wait_for(decided, timeout=60, what="the demo's first decision")
+        output = process.output()
         pids = {
             name: int(m[1])
             for name in ("Prometheus", "operator")
@@ -152,15 +138,10 @@ def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=20) == 130
     finally:
-        if process.poll() is None:
+        if process.alive():
             process.kill()
-            process.wait()
-    reader.join(timeout=10)
-    while (line := lines.get(timeout=1)) is not None:
-        seen.append(line)
-    output = "".join(seen)
+    output = process.output()
     assert "interrupted" in output
     assert "Traceback" not in output, output
     for name, pid in pids.items():
         wait_for(lambda pid=pid: not _running(pid), timeout=10, what=f"{name} gone")
-    process.stdout.close()

@@ -5,13 +5,15 @@ stand-in server: tests/unit/devkit/test_devservers.py).
 from __future__ import annotations
 
 import os
+import re
 import signal
-import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from stopbudget.devkit import servers
+from tests.support.procs import Process
 from tests.support.waiting import wait_for
 
 SCRIPT = """
@@ -35,15 +37,16 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.servers
-def test_a_run_ended_by_sigterm_leaves_no_server_behind() -> None:
+def test_a_run_ended_by_sigterm_leaves_no_server_behind(tmp_path: Path) -> None:
     """`timeout` ends a test run with SIGTERM: the servers it started stop with it."""
     if servers.missing_binaries(servers.PROMETHEUS):
         pytest.skip("prometheus not installed: `make test` installs it")
-    runner = subprocess.Popen([sys.executable, "-c", SCRIPT], stdout=subprocess.PIPE, text=True)
-    assert runner.stdout is not None
-    server_pid = int(runner.stdout.readline())
+    runner = Process([sys.executable, "-c", SCRIPT], tmp_path / "runner.log")
+    printed = wait_for(
+        lambda: re.search(r"^(\d+)\n", runner.output(), re.MULTILINE), timeout=60, what="its PID"
+    )
+    server_pid = int(printed[1])
     assert _alive(server_pid)
     runner.send_signal(signal.SIGTERM)
     assert runner.wait(timeout=30) == 128 + signal.SIGTERM
-    runner.stdout.close()
     wait_for(lambda: not _alive(server_pid), timeout=15, what="prometheus stopped")

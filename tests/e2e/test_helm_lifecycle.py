@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -32,6 +31,7 @@ from stopbudget.devkit.exporter import EngineExporter
 from tests.conftest import require_real_apiserver
 from tests.support.builders import container, deployment
 from tests.support.clusters import CHART, ROOT, install_monitoring_crds
+from tests.support.procs import Process
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.servers, pytest.mark.apiserver]
@@ -448,27 +448,12 @@ def test_crd_upgrade_from_the_field_n_says_how_to_fix_stored_policies(
         wait_for(lambda: ready_reason() is None, timeout=60, what="InvalidSpec cleared")
 
 
-class operator_process:  # noqa: N801 - a context manager used like a function
+def operator_process(kubeconfig: Path, prometheus: str, log: Path) -> Process:
     """`stopbudget run -n serving` with a kubeconfig, stopped (SIGTERM) on exit."""
-
-    def __init__(self, kubeconfig: Path, prometheus: str, log: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STOPBUDGET_")}
-        env |= {"STOPBUDGET_PROMETHEUS_URL": prometheus, "STOPBUDGET_METRICS_PORT": "0",
-                "STOPBUDGET_WEBHOOK_PORT": "0", "STOPBUDGET_BIND_ADDRESS": "127.0.0.1"}  # fmt: skip
-        self.log = log
-        with log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "stopbudget", "run", "-n", "serving", "--kubeconfig",
-                 str(kubeconfig)], stdout=out, stderr=subprocess.STDOUT, env=env,
-            )  # fmt: skip
-
-    def __enter__(self) -> subprocess.Popen[bytes]:
-        return self.process
-
-    def __exit__(self, *exc: object) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=30)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOPBUDGET_")}
+    env |= {"STOPBUDGET_PROMETHEUS_URL": prometheus, "STOPBUDGET_METRICS_PORT": "0",
+            "STOPBUDGET_WEBHOOK_PORT": "0", "STOPBUDGET_BIND_ADDRESS": "127.0.0.1"}  # fmt: skip
+    return Process(
+        [sys.executable, "-m", "stopbudget", "run", "-n", "serving", "--kubeconfig",
+         str(kubeconfig)], log, env=env,
+    )  # fmt: skip

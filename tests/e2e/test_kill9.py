@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import urllib.error
@@ -36,6 +35,7 @@ from stopbudget.devkit import servers
 from stopbudget.devkit.exporter import EngineExporter
 from tests.support.builders import container, deployment, stop_policy
 from tests.support.clusters import RELEASE_NAMESPACE, ApiServerCluster, RealServer, chart_objects
+from tests.support.procs import Process
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.servers, pytest.mark.apiserver]
@@ -110,7 +110,7 @@ class Operator:
         self.prometheus = prometheus
         self.log = log
         self.port = 0
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: Process | None = None
         self.kills = 0
 
     def start(self, kubeconfig: Path | None = None) -> None:
@@ -123,34 +123,31 @@ class Operator:
             "STOPBUDGET_METRICS_PORT": str(self.port),
             "STOPBUDGET_BIND_ADDRESS": "127.0.0.1",
         }
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "stopbudget", "run", "-n", self.ns, "--kubeconfig",
-                 str(kubeconfig or self.kubeconfig)],
-                stdout=log, stderr=subprocess.STDOUT, env=env,
-            )  # fmt: skip
+        self.process = Process(
+            [sys.executable, "-m", "stopbudget", "run", "-n", self.ns, "--kubeconfig",
+             str(kubeconfig or self.kubeconfig)],
+            self.log, env=env,
+        )  # fmt: skip
 
     def wait_ready(self) -> None:
         wait_for(lambda: self.alive() and _ready(self.port), timeout=30, what="ready")
 
     def alive(self) -> bool:
         assert self.process is not None
-        if self.process.poll() is not None:
+        if not self.process.alive():
             raise AssertionError(f"the operator exited by itself:\n{self.tail()}")
         return True
 
     def kill(self) -> None:
         assert self.process is not None
         self.alive()
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
+        self.process.kill()
         self.process = None
         self.kills += 1
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
+        if self.process is not None:
             self.process.kill()
-            self.process.wait(timeout=30)
         self.process = None
 
     def tail(self) -> str:

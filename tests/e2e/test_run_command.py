@@ -17,6 +17,7 @@ import pytest
 from stopbudget.devkit import servers
 from tests.support.builders import container, deployment, stop_policy
 from tests.support.clusters import Cluster
+from tests.support.procs import Process
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.servers
@@ -54,8 +55,7 @@ def test_run_serves_health_reconciles_and_stops_on_sigterm(
     port = servers.free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STOPBUDGET_")}
     env |= {"STOPBUDGET_METRICS_PORT": str(port), "STOPBUDGET_BIND_ADDRESS": "127.0.0.1"}
-    log = (tmp_path / "operator.log").open("w")
-    proc = subprocess.Popen(
+    proc = Process(
         [
             sys.executable,
             "-m",
@@ -67,8 +67,7 @@ def test_run_serves_health_reconciles_and_stops_on_sigterm(
             "--log-format",
             "json",
         ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
+        tmp_path / "operator.log",
         env=env,
     )
     try:
@@ -104,10 +103,8 @@ def test_run_serves_health_reconciles_and_stops_on_sigterm(
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
-        if proc.poll() is None:
+        if proc.alive():
             proc.kill()
-            proc.wait()
-        log.close()
     lines = [line for line in (tmp_path / "operator.log").read_text().splitlines() if line]
     assert lines
     records = [json.loads(line) for line in lines if line.startswith("{")]

@@ -17,6 +17,7 @@ from stopbudget.cli import gate, main
 from stopbudget.devkit import servers
 from stopbudget.gate.caps import Engine
 from tests.support.openai_server import MODEL, ThreadedOpenAIServer, reply
+from tests.support.procs import Process
 from tests.support.waiting import wait_for
 
 
@@ -99,21 +100,21 @@ def _get(url: str) -> bytes | None:
 
 @pytest.mark.slow
 def test_the_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
-    (tmp_path / "default.output").write_text("2\n")
+    budgets = tmp_path / "budgets"
+    budgets.mkdir()
+    (budgets / "default.output").write_text("2\n")
     question = "What is 1 + 2?"
     with ThreadedOpenAIServer({question: reply("3", 4)}) as server:
         port, metrics_port = servers.free_port(), servers.free_port()
-        process = subprocess.Popen(
+        process = Process(
             [
                 sys.executable, "-m", "stopbudget", "gate",
                 "--upstream", server.url,
-                "--budgets", str(tmp_path),
+                "--budgets", str(budgets),
                 "--listen", f"127.0.0.1:{port}",
                 "--metrics-listen", f"127.0.0.1:{metrics_port}",
             ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+            tmp_path / "gate.log",
         )  # fmt: skip
         try:
             wait_for(
@@ -129,11 +130,11 @@ def test_the_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
             }
             assert json.loads(server.bodies[-1]) == {**body, "max_tokens": 2}
             process.send_signal(signal.SIGTERM)
-            out, _ = process.communicate(timeout=30)
+            process.wait(timeout=30)
         finally:
-            if process.poll() is None:
+            if process.alive():
                 process.kill()
-                process.communicate()
+    out = process.output()
     assert process.returncode == 0, out
     assert "budget default.output: none -> 2" in out
     assert f"gate on http://127.0.0.1:{port} -> {server.url} (engine vllm" in out
