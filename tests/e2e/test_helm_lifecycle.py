@@ -28,10 +28,10 @@ import yaml
 from stopbudget import api
 from stopbudget.devkit import apiserver, servers
 from stopbudget.devkit.exporter import EngineExporter
-from tests.conftest import require_real_apiserver
 from tests.support.builders import container, deployment
 from tests.support.clusters import CHART, ROOT, install_monitoring_crds
 from tests.support.procs import Process
+from tests.support.requires import require_real_apiserver
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.servers, pytest.mark.apiserver]
