@@ -79,7 +79,7 @@ app.kubernetes.io/part-of: stopbudget
 
 {{/*
 RBAC rules: exactly stopbudget.kube.PERMISSIONS, plus OPTIONAL_PERMISSIONS[v] for each
-rbac.<v> that is true (tests/test_chart.py checks the rendered rules against them in both
+rbac.<v> that is true (tests/unit/chart/test_chart.py checks the rendered rules against them in both
 modes). Namespaced resources go into a
 Role per watched namespace, or into the ClusterRole when the operator watches
 the whole cluster; cluster-scoped resources always go into the ClusterRole.

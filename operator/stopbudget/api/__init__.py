@@ -9,7 +9,7 @@ Cross-field rules are declared once as :class:`CrossFieldRule` values: each has
 a CEL expression (emitted into the CRD as ``x-kubernetes-validations`` so the API
 server rejects a bad policy at ``kubectl apply``) and the same check in Python
 (run by the pydantic validators, so ``stopbudget validate`` and the operator
-agree with the API server).  ``tests/test_api_rules.py`` evaluates both on the
+agree with the API server).  ``tests/unit/api/test_api_rules.py`` evaluates both on the
 same inputs so they cannot drift apart.
 
 The package is pure (no I/O, no clock, no Kubernetes client) and imports nothing

@@ -83,8 +83,9 @@ PERMISSIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 
 #: Rules the operator needs only for a feature that a chart value enables, by that value
 #: (``rbac.<value>`` in the chart): the ClusterRole or Roles hold :data:`PERMISSIONS` plus
-#: the rules of the values set to true (``tests/test_chart.py`` checks both ways).  Without
-#: them the operator names the value in its error (a 403 here, a Warning Event from the tick).
+#: the rules of the values set to true (``tests/unit/chart/test_chart.py`` checks both
+#: ways).  Without them the operator names the value in its error (a 403 here, a Warning
+#: Event from the tick).
 OPTIONAL_PERMISSIONS: Mapping[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {
     # The configMap sink with refreshPods: list the target's pods, annotate them so that
     # kubelet refreshes the mounted ConfigMap at once.

@@ -13,7 +13,7 @@ test, two-sided, at ``1 - quality.confidence`` split over the ladder's budgets:
 :func:`consistent`) is **held**: kept in the history, left out of the curve.  When
 the next audit differs from the pool too, the model has shifted: the pool restarts
 from those two audits.  Otherwise (the next audit agrees with the pool) the held
-audit is dropped.  Hence the two properties the tests check (``tests/test_pooling.py``):
+audit is dropped.  Hence the two properties the tests check (``tests/unit/core/test_pooling.py``):
 
 * **one audit alone never moves the floor against the evidence**: adding one audit
   to a non-empty pool changes whether a budget's lower bound reaches ``emFloor``

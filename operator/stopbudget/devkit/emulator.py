@@ -53,7 +53,7 @@ Not filled, because nothing here needs it: strategic merge patch (treated as a
 merge patch; stopbudget sends JSON Patch and merge patch only), field selectors,
 ``resourceVersion`` preconditions, server-side apply, admission and schema validation.
 
-Differences the real API server showed (``tests/clusters.py`` runs the
+Differences the real API server showed (``tests/support/clusters.py`` runs the
 end-to-end tests on both; the real server is right, and these stay unfilled
 because the tests that need them run there):
 
