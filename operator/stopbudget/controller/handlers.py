@@ -62,7 +62,10 @@ def run(config: Settings, *, stop_flag: Any = None, ready_flag: Any = None) -> N
 
 
 def configure(settings: kopf.OperatorSettings, config: Settings) -> None:
-    """kopf's settings for stopbudget: our own names for everything kopf stores."""
+    """kopf's settings for stopbudget: our own names for everything kopf stores.
+
+    In this module ``settings`` is always kopf's (the name kopf passes it by) and
+    ``config`` always stopbudget's own :class:`Settings`, built once by the CLI."""
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
