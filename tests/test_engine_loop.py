@@ -30,6 +30,15 @@ import pytest
 from kopf.testing import KopfRunner
 
 from stopbudget.devkit import engine, loadgen, servers
+from stopbudget.devkit.demo_engine import (
+    CONCURRENCY,
+    CONFIGMAP,
+    DEPLOYMENT,
+    HIGH,
+    KEY,
+    OVERLOAD,
+    policy_document,
+)
 from stopbudget.devkit.emulator import emulated_cluster_in_thread
 from stopbudget.devkit.kubelet import ConfigMapMirror, ConfigMapVolume
 from tests.clusters import EmulatedCluster
@@ -39,78 +48,17 @@ from tests.test_operator_e2e import OPERATOR, SP, deployment
 
 pytestmark = pytest.mark.engine
 
-NS, TARGET, CONFIGMAP, KEY = "serving", "llama", "gate-budgets", "default.output"
-#: The static budget and the policy's floor.  Small, because what was admitted at the
-#: high budget keeps it: the backlog (CONCURRENCY requests of HIGH tokens at most) must
-#: be generated before the queue can drain, 512 tokens, 6-20 s here.
-HIGH, FLOOR = 64, 8
-#: The load, as a multiple of what the engine serves at HIGH (measured first: the machine
-#: is shared): at the floor it is 2.5 * 8/64 = 31 % of the engine's capacity, so the queue
-#: drains even if the engine gets twice slower meanwhile.
-OVERLOAD = 2.5
-#: Requests in flight at most: 4 slots busy and 4 deferred (queue pressure 2 at target 2).
-CONCURRENCY = 8
+NS, TARGET = "serving", DEPLOYMENT
+# The budgets (static HIGH 64, FLOOR 8), the load (OVERLOAD times what the engine serves
+# at HIGH, CONCURRENCY in flight at most) and the policy are the demo's: why each value
+# is what it is, see stopbudget/devkit/demo_engine.py.
 SELECTOR = {"engine": "llama-server-loop"}
 
 
 def policy(tokens_per_second_target: float) -> dict[str, Any]:
-    """The StopPolicy, its values chosen so that the loop moves within seconds:
-
-    * prior: EM 0.86 at 64, 0.72 at 8 (10,000 samples each) with emTarget 0.8 and
-      emFloor 0.7, so the EM-target budget is 64 (the static value) and the floor 8;
-    * step 8: budgets on a grid of 8, so that the headroom rule settles instead of
-      moving by a token or two each tick;
-    * signals: ``queue`` (llama-server's deferred requests) at target 2 reacts to the
-      overload within a scrape; ``tokensPerSecond`` at half the measured throughput
-      keeps the budget low while the backlog drains (the engine generates flat out
-      then) and lets it rise only as far as the load leaves headroom afterwards,
-      instead of straight back to 64 the moment the queue is empty;
-    * interval 1s (the least allowed), downscaleStabilization 0s and cooldown 0s:
-      act on every tick (a ConfigMap key restarts no pod, so a cooldown buys nothing);
-    * maxStepUp 8: llama-server adds a request's tokens when it ends, so the rate of
-      its token counter over the 5 s window is lumpy and lags; raising by one step a
-      tick keeps that lag from overshooting back to 64 (seen without it:
-      64, 32, 8, 16, 32, 48, 64 within seconds), while cuts stay immediate;
-    * fallback hold: a missed Prometheus read keeps the budget where it is.
-    """
-    return {
-        "apiVersion": "stopbudget.io/v1alpha1",
-        "kind": "StopPolicy",
-        "metadata": {"name": "chat", "namespace": NS},
-        "spec": {
-            "targetRef": {"name": TARGET},
-            "budget": {
-                "min": FLOOR,
-                "max": HIGH,
-                "step": 8,
-                "sink": {"type": "configMap", "configMapName": CONFIGMAP, "name": KEY},
-            },
-            "quality": {
-                "emTarget": 0.8,
-                "emFloor": 0.7,
-                "prior": [
-                    {"budget": FLOOR, "em": 0.72, "samples": 10000},
-                    {"budget": HIGH, "em": 0.86, "samples": 10000},
-                ],
-            },
-            "load": {
-                "preset": "llamacpp",
-                "selector": SELECTOR,
-                "signals": [
-                    {"name": "queue", "target": 2},
-                    {"name": "tokensPerSecond", "target": round(tokens_per_second_target, 1)},
-                ],
-            },
-            "control": {
-                "interval": "1s",
-                "cooldown": "0s",
-                "downscaleStabilization": "0s",
-                "maxStepUp": 8,
-                "tolerance": 0.1,
-                "fallback": {"failureThreshold": 3, "behavior": "hold"},
-            },
-        },
-    }
+    """The demo's StopPolicy: its values, and why they move the loop within seconds, are
+    in :func:`stopbudget.devkit.demo_engine.policy_document`'s docstring."""
+    return policy_document(tokens_per_second_target, SELECTOR, NS)
 
 
 @dataclass
@@ -260,8 +208,14 @@ async def _the_loop(
                 configmap_budget(cluster), lambda b: b is not None and b < HIGH, 40, "a cut"
             )
             phase(f"ConfigMap: {lowered}")
-            policy_obj = await asyncio.to_thread(cluster.get, *SP, NS, "chat")
-            reason = ((policy_obj or {}).get("status") or {}).get("recommendation", {})
+
+            async def status() -> dict[str, Any]:
+                obj = await asyncio.to_thread(cluster.get, *SP, NS, "chat")
+                return dict((obj or {}).get("status") or {})
+
+            # The operator writes the sink, then the status: wait for the status of the cut.
+            cut = await eventually(status, lambda s: (s.get("budget") or HIGH) < HIGH, 10, "status")
+            reason = cut.get("recommendation") or {}
 
             async def gate_budget() -> float | None:
                 labels = {"class": "default", "kind": "output"}
