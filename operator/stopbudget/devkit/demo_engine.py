@@ -186,7 +186,8 @@ def run(options: EngineOptions, stream: TextIO | None = None) -> EngineDemoResul
             result.exit_code = 0
         except (KeyboardInterrupt, _Terminated) as exc:
             result.exit_code = 130 if isinstance(exc, KeyboardInterrupt) else 143
-            console.say("interrupted" if result.exit_code == 130 else "terminated", always=True)
+            if not console.stopping:
+                console.say("interrupted" if result.exit_code == 130 else "terminated", always=True)
         except DemoError as exc:
             sys.stderr.write(f"stopbudget demo: {exc}\n")
             result.exit_code = 1
@@ -218,9 +219,11 @@ def _run(
     demo = _EngineDemo(options, console, result, stack)
     try:
         demo.run()
-    except (KeyboardInterrupt, _Terminated):
+    except (KeyboardInterrupt, _Terminated) as exc:
         signals.hold()
-        console.say("interrupted: stopping everything the demo started", always=True)
+        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "terminated"
+        console.say(f"{what}: stopping everything the demo started", always=True)
+        console.stopping = True
         raise
     finally:
         signals.hold()
@@ -259,7 +262,7 @@ class _LoadThread:
     def stop(self) -> None:
         if self.thread.is_alive():
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                self.loop.call_soon_threadsafe(self.load.stop)
+                self.loop.call_soon_threadsafe(lambda: self.load.stop(cancel=True))
             self.thread.join(timeout=150)
 
 

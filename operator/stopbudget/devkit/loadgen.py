@@ -158,8 +158,12 @@ class OpenLoopLoad:
     #: Requests that failed (no answer, or a status other than 200).
     failed: int = 0
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _cancel: bool = False
 
-    def stop(self) -> None:
+    def stop(self, *, cancel: bool = False) -> None:
+        """No more arrivals; with ``cancel``, requests in flight are abandoned too (the
+        client goes away: the gate cancels them upstream)."""
+        self._cancel = self._cancel or cancel
         self._stop.set()
 
     def in_flight(self) -> int:
@@ -177,10 +181,12 @@ class OpenLoopLoad:
                 status = response.status
         except (aiohttp.ClientError, TimeoutError):
             status = None
-        finally:
-            if status != 200:
-                self.failed += 1
-            self.sent[index] = Sent(self.sent[index].sent, time.monotonic(), status)
+        except asyncio.CancelledError:  # abandoned by stop(cancel=True): not a failure
+            self.sent[index] = Sent(self.sent[index].sent, time.monotonic(), None)
+            raise
+        if status != 200:
+            self.failed += 1
+        self.sent[index] = Sent(self.sent[index].sent, time.monotonic(), status)
 
     async def run(self, session: aiohttp.ClientSession) -> None:
         """Send until ``duration`` has passed or :meth:`stop`; then wait for the answers."""
@@ -204,5 +210,8 @@ class OpenLoopLoad:
             task = asyncio.create_task(self._one(session, len(self.sent) - 1))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
+        if self._cancel:
+            for task in tasks:
+                task.cancel()
         if tasks:
-            await asyncio.gather(*tasks)
+            await asyncio.gather(*tasks, return_exceptions=True)
