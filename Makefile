@@ -14,15 +14,17 @@ DEB_PACKAGES := prometheus prometheus-alertmanager etcd-server openssl
 DEB_COMMANDS := prometheus promtool prometheus-alertmanager etcd openssl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup debs test lint typecheck unit demo demo-engine crd docs bench bench-operator bench-gate flake-hunt clean
+.PHONY: help setup debs test lint typecheck unit pytest demo demo-engine crd docs bench bench-operator bench-gate flake-hunt clean
 
 help:
 	@echo "make demo   - run the control loop locally: Prometheus, emulated Kubernetes, load, operator"
 	@echo "make demo-engine - the same loop on a real engine: llama-server (../shared/engines) behind the gate"
 	@echo "make test   - set up everything and run ruff, mypy --strict, import contracts and pytest"
-	@echo "make crd    - regenerate crds/ (and the chart's copy) from operator/stopbudget/api.py"
+	@echo "make unit   - the fast unit tests only (tests/unit, no servers, not slow): well under a minute"
+	@echo "make pytest - every test: tests/unit and tests/e2e (real servers, clusters, llama-server)"
+	@echo "make crd    - regenerate crds/ (and the chart's copy) from operator/stopbudget/api/"
 	@echo "make docs   - regenerate docs/api.md from the models"
-	@echo "make bench  - simulator, audit and operator benchmarks on the bundled real data (~2 min)"
+	@echo "make bench  - simulator (restarts charged, 10 seeds), audit and operator benchmarks on the bundled real data (~4 min)"
 	@echo "make bench-operator - operator overhead at 10, 100 and 1,000 policies (~4 min)"
 	@echo "make bench-gate - the gate's added latency, throughput and RSS; caps on llama-server (~3 min)"
 	@echo "make flake-hunt - make test RUNS times (default 5) with both cores loaded"
@@ -55,10 +57,18 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-unit: setup
+# The fast tests: tests/unit without the ones marked slow (many hypothesis examples, fuzz
+# runs, a CLI in a subprocess) and without any that start a real server.
+UNIT_MARKERS := not slow and not servers and not apiserver and not engine
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit -m "$(UNIT_MARKERS)"
+
+# Every test under tests/ (unit and e2e), as CI runs them.
+pytest: setup
 	$(BIN)/pytest
 
-test: setup lint typecheck unit
+test: setup lint typecheck pytest
 
 demo: setup
 	@if $(BIN)/stopbudget demo --help >/dev/null 2>&1; then $(BIN)/stopbudget demo; \
@@ -78,6 +88,7 @@ docs: $(STAMP)
 
 bench: setup
 	$(BIN)/python benchmarks/bench_simulator.py
+	$(BIN)/python benchmarks/bench_cold_start.py
 	$(BIN)/python benchmarks/bench_audit.py
 	$(BIN)/python benchmarks/bench_operator.py --sizes 10,100 --diagnose no
 

@@ -1,7 +1,7 @@
 """What an audit costs: truncate vs direct, and wall time against concurrency.
 
 Setup: 200 real GSM8K test questions (data/golden, MIT) sent to the
-OpenAI-compatible test server (tests/openai_server.py) over a 5-budget ladder.
+OpenAI-compatible test server (tests/support/openai_server.py) over a 5-budget ladder.
 Question i's output needs k_i tokens, k_i being the GeneratedTokens of the i-th
 request of the real Azure LLM inference trace (data/traces, CC-BY-4.0), so the
 lengths are those of a production service (p50 ~130, a long tail to 1000).
@@ -28,9 +28,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # for tests.openai_server
+sys.path.insert(0, str(ROOT))  # for tests.support.openai_server
 
-from tests.openai_server import (  # noqa: E402
+from tests.support.openai_server import (  # noqa: E402
     MODEL,
     Canned,
     OpenAIServer,

@@ -27,7 +27,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,9 +39,11 @@ from typing import Any
 import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # for tests.kubelet
+sys.path.insert(0, str(ROOT))  # for tests.support.kubelet
 
-from tests.kubelet import ConfigMapVolume  # noqa: E402
+from tests.support.kubelet import ConfigMapVolume  # noqa: E402
+from tests.support.procs import Process  # noqa: E402
+from tests.support.waiting import wait_for  # noqa: E402
 
 from stopbudget.core.audits import dataset  # noqa: E402
 from stopbudget.devkit import engine, servers  # noqa: E402
@@ -79,19 +80,11 @@ def _ready(url: str) -> bool:
 
 
 @contextmanager
-def process(args: Sequence[str], ready_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            servers.wait_until(lambda: _ready(ready_url), timeout=60, what=ready_url)
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+def process(args: Sequence[str], ready_url: str, log: Path) -> Iterator[Process]:
+    log.write_bytes(b"")
+    with Process(args, log) as proc:  # stopped on exit: SIGTERM, then SIGKILL after 30 s
+        wait_for(lambda: _ready(ready_url), timeout=60, what=ready_url)
+        yield proc
 
 
 @contextmanager
@@ -238,7 +231,7 @@ def _engine_count(server: engine.DevLlamaServer, before: int, reported: int) -> 
         delta = server.tokens_predicted() - before
         return delta if delta >= reported else None
 
-    return servers.wait_until(counted, timeout=10, what="the engine's count")
+    return wait_for(counted, timeout=10, what="the engine's count")
 
 
 async def caps_on_engine(

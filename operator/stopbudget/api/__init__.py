@@ -9,7 +9,7 @@ Cross-field rules are declared once as :class:`CrossFieldRule` values: each has
 a CEL expression (emitted into the CRD as ``x-kubernetes-validations`` so the API
 server rejects a bad policy at ``kubectl apply``) and the same check in Python
 (run by the pydantic validators, so ``stopbudget validate`` and the operator
-agree with the API server).  ``tests/test_api_rules.py`` evaluates both on the
+agree with the API server).  ``tests/unit/api/test_api_rules.py`` evaluates both on the
 same inputs so they cannot drift apart.
 
 The package is pure (no I/O, no clock, no Kubernetes client) and imports nothing
@@ -48,6 +48,7 @@ from stopbudget.api.durations import (
 )
 from stopbudget.api.names import (
     ANNOTATION_AUDIT_REQUESTED,
+    ANNOTATION_BUDGET_REVISION,
     ANNOTATION_PAUSED,
     API_VERSION,
     GROUP,
@@ -82,6 +83,7 @@ from stopbudget.api.spec import (
     Fallback,
     FallbackBehavior,
     Load,
+    LoadModel,
     Mode,
     Preset,
     Priority,
@@ -106,15 +108,18 @@ from stopbudget.api.status import (
     ConditionType,
     CurvePoint,
     CurveSource,
+    EvidencePoint,
     HistoryEntry,
     LastAudit,
     OriginalValue,
+    PooledAudit,
     Recommendation,
     StopPolicyStatus,
 )
 
 __all__ = [
     "ANNOTATION_AUDIT_REQUESTED",
+    "ANNOTATION_BUDGET_REVISION",
     "ANNOTATION_KEY",
     "ANNOTATION_PAUSED",
     "API_VERSION",
@@ -162,15 +167,18 @@ __all__ = [
     "CurveSource",
     "Dataset",
     "Duration",
+    "EvidencePoint",
     "Fallback",
     "FallbackBehavior",
     "Fraction",
     "HistoryEntry",
     "LastAudit",
     "Load",
+    "LoadModel",
     "Mode",
     "ObjectMeta",
     "OriginalValue",
+    "PooledAudit",
     "Preset",
     "PriorPoint",
     "Priority",

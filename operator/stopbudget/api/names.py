@@ -14,3 +14,7 @@ SHORT_NAMES = ("sp",)
 ANNOTATION_PAUSED = f"{GROUP}/paused"
 #: Annotation on a StopPolicy that asks for one audit; removed when the audit starts.
 ANNOTATION_AUDIT_REQUESTED = f"{GROUP}/audit-requested"
+#: Annotation the operator sets on the target's pods after a configMap sink write with
+#: ``refreshPods: true``: its value is the ConfigMap's resourceVersion; changing the pod
+#: makes kubelet sync it, refreshing the mounted ConfigMap at once.
+ANNOTATION_BUDGET_REVISION = f"{GROUP}/budget-revision"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from datetime import timedelta
@@ -13,6 +14,7 @@ from pydantic import (
     AfterValidator,
     ConfigDict,
     Field,
+    model_validator,
 )
 
 from stopbudget.api.base import (
@@ -68,6 +70,7 @@ class SinkType(StrEnum):
     ARG = "arg"
     ANNOTATION = "annotation"
     CONFIG_MAP = "configMap"
+    AI_GATEWAY = "aiGateway"
 
 
 #: Sinks whose change rolls the pods (pod template); the others are read live.
@@ -75,9 +78,41 @@ RESTARTING_SINKS = frozenset({SinkType.ENV, SinkType.ARG})
 
 BUDGET_PLACEHOLDER = "{budget}"
 
+#: A top-level field of a JSON request body (Envoy AI Gateway's bodyMutation sets only those).
+BODY_FIELD = r"^[A-Za-z_][A-Za-z0-9_]*$"
+#: Request fields that limit the output, and the engines' top-level thinking-budget fields
+#: (vLLM, llama.cpp; SGLang's is nested in custom_params): an aiGateway sink of one budget
+#: kind must not name a field of the other.
+OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "n_predict")
+THINKING_FIELDS = ("thinking_token_budget", "thinking_budget_tokens")
+
+
+def _cel_list(names: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{n}'" for n in names) + "]"
+
+
+def _kind_fits_field(budget: Mapping[str, Any]) -> bool:
+    sink = budget["sink"]
+    if sink["type"] != "aiGateway":
+        return True
+    wrong = THINKING_FIELDS if budget.get("kind", "output") == "output" else OUTPUT_FIELDS
+    return sink["name"] not in wrong
+
+
+def _renders_json(sink: Mapping[str, Any]) -> bool:
+    """Whether an aiGateway sink's format renders a JSON value (Envoy parses it as JSON)."""
+    if sink.get("type") != "aiGateway":
+        return True
+    try:
+        json.loads(str(sink.get("format") or BUDGET_PLACEHOLDER).replace(BUDGET_PLACEHOLDER, "1"))
+    except ValueError:
+        return False
+    return True
+
 
 class Sink(_Model):
-    """How the budget reaches the server: env var, container arg, annotation or ConfigMap key."""
+    """How the budget reaches the server: env var, container arg, annotation, ConfigMap key, or
+    a field an Envoy AI Gateway AIServiceBackend sets in every request body."""
 
     rules: ClassVar[tuple[CrossFieldRule, ...]] = (
         CrossFieldRule(
@@ -118,6 +153,34 @@ class Sink(_Model):
             lambda s: s["type"] != "configMap" or re.match(CONFIGMAP_KEY, s["name"]) is not None,
         ),
         CrossFieldRule(
+            "self.type != 'aiGateway' || has(self.aiServiceBackendName)",
+            "aiServiceBackendName is required when type is aiGateway: name the AIServiceBackend "
+            "whose bodyMutation.set receives the field",
+            "aiServiceBackendName",
+            lambda s: s["type"] != "aiGateway" or "aiServiceBackendName" in s,
+        ),
+        CrossFieldRule(
+            "self.type == 'aiGateway' || !has(self.aiServiceBackendName)",
+            "aiServiceBackendName is only used when type is aiGateway: remove it or set "
+            "type: aiGateway",
+            "aiServiceBackendName",
+            lambda s: s["type"] == "aiGateway" or "aiServiceBackendName" not in s,
+        ),
+        CrossFieldRule(
+            "self.type != 'aiGateway' || self.name.matches(r'" + BODY_FIELD + "')",
+            "name of an aiGateway sink is a top-level field of the request body, e.g. "
+            "max_tokens (Envoy AI Gateway sets top-level fields only)",
+            "name",
+            lambda s: s["type"] != "aiGateway" or re.match(BODY_FIELD, s["name"]) is not None,
+        ),
+        CrossFieldRule(
+            "self.type == 'configMap' || !has(self.refreshPods) || !self.refreshPods",
+            "refreshPods is only used with type configMap (it makes kubelet re-read the mounted "
+            "ConfigMap at once): remove it or set type: configMap",
+            "refreshPods",
+            lambda s: s["type"] == "configMap" or not s.get("refreshPods", False),
+        ),
+        CrossFieldRule(
             "!has(self.format) || self.format.contains('{budget}')",
             "format must contain the placeholder {budget}, e.g. '{\"max_new_tokens\": {budget}}'",
             "format",
@@ -130,7 +193,10 @@ class Sink(_Model):
         description=(
             "env: an environment variable of the container; arg: the value of a container "
             "argument; annotation: an annotation on the Deployment's metadata (no restart); "
-            "configMap: a key of a ConfigMap read by a gateway or proxy (no restart). "
+            "configMap: a key of a ConfigMap read by a gateway or proxy, e.g. the budget file "
+            "<class>.output of stopbudget gate (no restart); aiGateway: a field that an Envoy "
+            "AI Gateway AIServiceBackend sets in every request body (spec.bodyMutation.set; it "
+            "overwrites the client's value rather than capping it; no restart). "
             "env and arg change the pod template and roll the pods."
         )
     )
@@ -140,7 +206,9 @@ class Sink(_Model):
         description=(
             "env: the variable name; arg: the flag, e.g. --override-generation-config (both "
             "'--flag=value' and '--flag value' forms are found); annotation: the annotation "
-            "key; configMap: the key in the ConfigMap."
+            "key; configMap: the key in the ConfigMap, e.g. default.output for stopbudget gate; "
+            "aiGateway: the top-level request body field, e.g. max_tokens (output) or the "
+            "engine's thinking field, e.g. thinking_token_budget for vLLM."
         ),
     )
     config_map_name: str | None = Field(
@@ -148,6 +216,21 @@ class Sink(_Model):
         max_length=253,
         pattern=DNS_SUBDOMAIN,
         description="Name of the ConfigMap for type configMap (same namespace).",
+    )
+    ai_service_backend_name: str | None = Field(
+        None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="Name of the AIServiceBackend (aigateway.envoyproxy.io, same namespace) for "
+        "type aiGateway.",
+    )
+    refresh_pods: bool = Field(
+        False,
+        description="configMap only: after each write (and the restore on delete), annotate "
+        "the target Deployment's pods (those its selector matches; stopbudget.io/budget-revision"
+        ": the ConfigMap's resourceVersion) so that kubelet refreshes the mounted ConfigMap at "
+        "once instead of within its sync period (about a minute). Needs the chart value "
+        "rbac.refreshPods (list and patch pods); a failure is a Warning Event, the write stands.",
     )
     format: str | None = Field(
         None,
@@ -158,6 +241,16 @@ class Sink(_Model):
             "Default: '{budget}'."
         ),
     )
+
+    @model_validator(mode="after")
+    def _check_json_format(self) -> Sink:
+        if not _renders_json(self.to_json()):
+            raise ValueError(
+                f"format {self.format!r} of an aiGateway sink does not render a JSON value "
+                "(Envoy AI Gateway parses bodyMutation values as JSON): leave format out, "
+                "or write JSON such as '{\"max_new_tokens\": {budget}}'"
+            )
+        return self
 
     def render(self, budget: int) -> str:
         """The value written for ``budget``."""
@@ -196,6 +289,19 @@ class Budget(_Model):
             "or leave it out to start at max",
             "initial",
             lambda b: "initial" not in b or b["min"] <= b["initial"] <= b["max"],
+        ),
+        CrossFieldRule(
+            "self.sink.type != 'aiGateway' || (self.kind == 'output' ? !(self.sink.name in "
+            + _cel_list(THINKING_FIELDS)
+            + ") : !(self.sink.name in "
+            + _cel_list(OUTPUT_FIELDS)
+            + "))",
+            "the aiGateway sink's name must be a field of the budget's kind: with kind output "
+            "an output limit (max_tokens, max_completion_tokens, max_output_tokens), with kind "
+            "thinking the engine's thinking field (vLLM thinking_token_budget, llama.cpp "
+            "thinking_budget_tokens)",
+            "sink.name",
+            _kind_fits_field,
         ),
     )
     model_config = ConfigDict(json_schema_extra=_rules_schema(rules))
@@ -473,6 +579,13 @@ class FallbackBehavior(StrEnum):
     MAX = "max"
 
 
+class LoadModel(StrEnum):
+    """How the law's load step chooses the budget (DESIGN section 4, step 3)."""
+
+    REACTIVE = "reactive"
+    QUEUEING = "queueing"
+
+
 class Fallback(_Model):
     """Behavior when Prometheus fails or returns no data."""
 
@@ -517,6 +630,14 @@ class Control(_Model):
         "of the current one is not applied.",
     )
     fallback: Fallback = Field(default_factory=Fallback, description="Behavior without metrics.")
+    model: LoadModel = Field(
+        LoadModel.REACTIVE,
+        description="Load step: reactive scales the budget by the signals' pressure (r / p); "
+        "queueing predicts the pressure each ladder budget would cause (arrival rate x the "
+        "audits' tokens per request, against the throughput that puts the signals at target) "
+        "and takes the highest that stays at or under 1; without those inputs it uses the "
+        "reactive rule and says why.",
+    )
 
 
 # --------------------------------------------------------------------------- spec: audit

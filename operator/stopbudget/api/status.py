@@ -26,6 +26,9 @@ class ConditionType(StrEnum):
     READY = "Ready"
     METRICS_AVAILABLE = "MetricsAvailable"
     AUDITED = "Audited"
+    #: Whether the law has evidence (an audited curve or quality.prior); False: it holds
+    #: budget.initial and says which audit it waits for (cold start).
+    EVIDENCE_READY = "EvidenceReady"
     DEGRADED = "Degraded"
     TARGET_UNREACHABLE = "TargetUnreachable"
     FALLBACK = "Fallback"
@@ -70,6 +73,62 @@ class CurvePoint(_Model):
     truncated: int = Field(
         0, ge=0, description="Answers cut by the budget with no extractable answer."
     )
+    audits: int | None = Field(
+        None,
+        ge=0,
+        description="Audits of the current measurement pooled into this point (samples is "
+        "their total); absent for the prior.",
+    )
+
+
+#: Characters of a base64 bitset of ``audit.sampleSize`` (at most 100,000) questions.
+_BITSET_CHARS = 4 * -(-(100_000 // 8) // 3)
+
+
+class EvidencePoint(_Model):
+    """One budget of one pooled audit, with its per-question outcomes."""
+
+    budget: int = Field(description="Budget, in tokens.")
+    hits: int = Field(ge=0, description="Exact matches.")
+    samples: int = Field(ge=0, description="Answers scored.")
+    mean_tokens: float | None = Field(None, ge=0, description="Mean tokens used per answer.")
+    truncated: int = Field(
+        0, ge=0, description="Answers cut by the budget with no extractable answer."
+    )
+    correct: str | None = Field(
+        None,
+        max_length=_BITSET_CHARS,
+        description="Questions answered exactly, as a base64 little-endian bitset (bit i: "
+        "question i of the audit's sample); absent without per-question data.",
+    )
+    scored: str | None = Field(
+        None,
+        max_length=_BITSET_CHARS,
+        description="Questions scored, as correct; absent when every question was.",
+    )
+
+
+class PooledAudit(_Model):
+    """One audit of the current measurement, kept to pool with the next ones."""
+
+    time: datetime = Field(description="When it started.")
+    measurement: str = Field(
+        max_length=64,
+        description="Hash of what the audit measured: the measurement fields of spec.audit "
+        "and the golden set's content; a new one starts a new pool.",
+    )
+    questions: int = Field(ge=0, description="Questions in the audit's sample.")
+    held: bool = Field(
+        False,
+        description="Significantly different from the pooled audits: held out of the curve "
+        "until a second audit confirms the shift.",
+    )
+    points: list[EvidencePoint] = Field(
+        default_factory=list,
+        max_length=64,
+        json_schema_extra=_list_map("budget"),
+        description="What each budget of the ladder scored.",
+    )
 
 
 class CurveSource(StrEnum):
@@ -85,6 +144,10 @@ class AuditTrigger(StrEnum):
     SPEC_CHANGE = "spec-change"
     #: The control law's quality guard: live EM below emFloor.
     QUALITY_GUARD = "quality-guard"
+    #: Cold start: the law has no evidence (no quality.prior, no audited curve) and the
+    #: policy was never audited; never deferred by load.  (A new policy's first audit is
+    #: labelled spec-change, which precedes it, and is never deferred either.)
+    COLD_START = "cold-start"
 
 
 class AuditResult(StrEnum):
@@ -99,7 +162,8 @@ class LastAudit(_Model):
 
     time: datetime = Field(description="When it started.")
     trigger: AuditTrigger = Field(
-        description="schedule, manual, alert, spec-change or quality-guard (live EM below emFloor)."
+        description="schedule, manual, alert, spec-change, quality-guard (live EM below "
+        "emFloor) or cold-start (no prior and no audit yet: never deferred by load)."
     )
     result: AuditResult = Field(description="Succeeded, Failed, Deferred or Running.")
     message: str = Field("", max_length=4096, description="Outcome in one line.")
@@ -189,6 +253,12 @@ class StopPolicyStatus(_Model):
     )
     curve_source: CurveSource = Field(
         CurveSource.NONE, description="none, prior (quality.prior) or audit."
+    )
+    audit_history: list[PooledAudit] = Field(
+        default_factory=list,
+        max_length=16,
+        description="The recent audits of the current measurement: the pooled ones make the "
+        "curve; a held one waits for a second audit to confirm a shift.",
     )
     last_audit: LastAudit | None = Field(None, description="Most recent audit.")
     next_audit_time: datetime | None = Field(

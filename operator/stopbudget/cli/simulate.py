@@ -42,7 +42,19 @@ EM>=target and below floor (share of --eval-window windows whose requests' EM
 met emTarget / fell below emFloor), p95 latency (end to end), SLO met (share of
 requests with end-to-end latency <= --latency-slo; default the target of the
 policy's latency signal, else 60 s), changes/h (budget changes per simulated
-hour), cost (generated tokens x cost.pricePerMillionTokens / 1e6).
+hour), cost (generated tokens x cost.pricePerMillionTokens / 1e6), restarts/h
+(rolling updates started per simulated hour: patches of an arg or env sink),
+replica-s lost (replica-seconds with fewer than --replicas replicas taking requests
+because of restarts).
+
+Restarts: with an arg or env sink (the policy's, or --sink) a patch changes the pod
+template and the Deployment rolls its pods as Kubernetes does (--max-surge,
+--max-unavailable; a pod takes --restart-seconds to start; a replaced pod takes no
+new request and stops when its requests finish; a patch during a rollout rolls toward
+the newest template); each replica serves the budget of its template, every strategy
+alike (the oracle too: its plan assumes budgets apply at once, and it is charged the
+same restarts). With a sink read live (configMap, aiGateway, annotation) requests
+arriving --propagation-seconds after the patch get the new budget, with no restart.
 """
 
 
@@ -80,6 +92,23 @@ def _non_negative_float(text: str) -> float:
     return _positive_float(text)
 
 
+#: --sink's choices (stopbudget.sim.engine.SINKS, without importing the simulator).
+SINK_CHOICES = ("arg", "env", "configMap", "aiGateway", "annotation")
+
+
+def _rollout_count(flag: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        from stopbudget.sim.rollout import parse_count
+
+        try:
+            parse_count(text, flag)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text.strip()
+
+    return parse
+
+
 def _duration(text: str) -> float:
     from stopbudget.api import parse_duration
 
@@ -87,6 +116,16 @@ def _duration(text: str) -> float:
         return parse_duration(text).total_seconds()
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _audit_duration(text: str) -> float | None:
+    """A duration, or None for ``model`` (modelled from the audit's work)."""
+    if text.strip() == "model":
+        return None
+    try:
+        return _duration(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}; or 'model' (from the audit's work)") from None
 
 
 def _positive_duration(text: str) -> float:
@@ -146,6 +185,42 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=d.prefill_weight,
         help=f"decode steps per prompt token (default {d.prefill_weight:g})",
     )
+    sink = p.add_argument_group("sink and restarts")
+    sink.add_argument(
+        "--sink",
+        choices=SINK_CHOICES,
+        help="where the budget is written (default: the policy's budget.sink.type); arg and "
+        "env change the pod template, so every patch rolls the pods",
+    )
+    sink.add_argument(
+        "--restart-seconds",
+        type=_non_negative_float,
+        default=120.0,
+        metavar="SECONDS",
+        help="arg/env sink: from a new pod's creation to it taking requests (default 120)",
+    )
+    sink.add_argument(
+        "--max-surge",
+        type=_rollout_count("--max-surge"),
+        default="25%",
+        metavar="N|P%",
+        help="arg/env sink: the rolling update's maxSurge (default 25%%, rounded up)",
+    )
+    sink.add_argument(
+        "--max-unavailable",
+        type=_rollout_count("--max-unavailable"),
+        default="25%",
+        metavar="N|P%",
+        help="arg/env sink: the rolling update's maxUnavailable (default 25%%, rounded down)",
+    )
+    sink.add_argument(
+        "--propagation-seconds",
+        type=_non_negative_float,
+        default=2.0,
+        metavar="SECONDS",
+        help="configMap/aiGateway/annotation sink: from the patch to the requests arriving "
+        "being served at the new budget (default 2)",
+    )
     run = p.add_argument_group("run")
     run.add_argument(
         "--time-scale",
@@ -170,10 +245,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--audit-duration",
-        type=_duration,
+        type=_audit_duration,
         default=300.0,
         metavar="DURATION",
-        help="from an audit's start to its curve being used (default 5m)",
+        help="from an audit's start to its curve being used (default 5m); 'model': from the "
+        "audit's work (sampleSize x thinking tokens per question over concurrency sequences "
+        "at the decode rate of a full batch)",
+    )
+    run.add_argument(
+        "--cold-start",
+        action="store_true",
+        help="drop quality.prior and create the policy at the trace's busiest minute (most "
+        "arriving requests), for an hour from there; prints the time to first evidence",
     )
     run.add_argument(
         "--eval-window",
@@ -181,6 +264,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=300.0,
         metavar="DURATION",
         help="window of EM>=target and below-floor (default 5m)",
+    )
+    run.add_argument(
+        "--law",
+        choices=("reactive", "queueing"),
+        help="load step of stopbudget's law, in place of the policy's spec.control.model "
+        "(default: the policy's)",
     )
     run.add_argument("--head", type=_positive_int, metavar="N", help="only the first N requests")
     run.add_argument("--no-plots", action="store_true", help="with --out, skip the PNGs")
@@ -234,11 +323,16 @@ def simulate_from_args(
     args: argparse.Namespace, progress: Callable[[int, int], None] | None = None
 ) -> Comparison:
     """Load the inputs named by ``args`` and simulate (errors propagate)."""
-    from stopbudget.sim.engine import Options, simulate
+    from stopbudget.api import LoadModel
+    from stopbudget.sim.engine import simulate
     from stopbudget.sim.fleet import FleetConfig
     from stopbudget.sim.inputs import load_quality, load_trace
 
     policy = load_policy(Path(args.policy))
+    spec = policy.spec
+    if getattr(args, "law", None) is not None:
+        control = spec.control.model_copy(update={"model": LoadModel(args.law)})
+        spec = spec.model_copy(update={"control": control})
     trace = load_trace(args.trace)
     if args.head is not None:
         trace = trace.head(args.head)
@@ -251,7 +345,7 @@ def simulate_from_args(
         kv_tokens=args.kv_tokens,
         prefill_weight=args.prefill_weight,
     )
-    options = Options(
+    options = _options(
         fleet=fleet,
         time_scale=args.time_scale,
         seed=args.seed,
@@ -259,8 +353,27 @@ def simulate_from_args(
         audit_every_s=args.audit_every,
         audit_duration_s=args.audit_duration,
         eval_window_s=args.eval_window,
+        sink=args.sink,
+        restart_s=args.restart_seconds,
+        max_surge=args.max_surge,
+        max_unavailable=args.max_unavailable,
+        propagation_s=args.propagation_seconds,
+        cold_start=args.cold_start,
     )
-    return simulate(trace, quality, policy.spec, options, progress)
+    return simulate(trace, quality, spec, options, progress)
+
+
+class OptionsError(ValueError):
+    """The flags cannot be simulated together (the message names them and the fix)."""
+
+
+def _options(**fields: Any) -> Any:
+    from stopbudget.sim.engine import Options
+
+    try:
+        return Options(**fields)
+    except ValueError as exc:
+        raise OptionsError(str(exc)) from None
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -278,7 +391,7 @@ def run_command(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         sys.stderr.write(f"{args.policy}: {exc}\n")
         return 1
-    except InputError as exc:
+    except (InputError, OptionsError) as exc:
         sys.stderr.write(f"stopbudget simulate: {exc}\n")
         return 1
     finally:

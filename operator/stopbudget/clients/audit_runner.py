@@ -181,6 +181,11 @@ class BudgetScore:
     """Mean tokens generated per answer, None when unknown."""
     truncated: int
     """Answers cut by the budget with no extractable answer."""
+    scored: int = field(default=0, compare=False)
+    """Questions scored, as a bitset: bit ``i`` is question ``i`` of the plan (not compared:
+    two scores are equal on their counts)."""
+    correct: int = field(default=0, compare=False)
+    """Questions answered exactly, as a bitset like ``scored``."""
 
     @property
     def em(self) -> float:
@@ -217,7 +222,15 @@ class AuditOutcome:
     def points(self) -> list[curve.Point]:
         """The measured points, for :class:`stopbudget.core.curve.Curve`."""
         return [
-            curve.Point(s.budget, s.hits, s.samples, s.mean_tokens, s.truncated)
+            curve.Point(
+                s.budget,
+                s.hits,
+                s.samples,
+                s.mean_tokens,
+                s.truncated,
+                audits=1,
+                answers=(curve.Answers(s.scored, s.correct),),
+            )
             for s in self.scores
         ]
 
@@ -459,10 +472,15 @@ class _Tally:
     truncated: int = 0
     tokens: int = 0
     counted: int = 0
+    scored: int = 0
+    correct: int = 0
 
-    def add(self, score: em.Score, used: int | None) -> None:
+    def add(self, question: int, score: em.Score, used: int | None) -> None:
         self.samples += 1
         self.hits += score.hit
+        self.scored |= 1 << question
+        if score.hit:
+            self.correct |= 1 << question
         self.truncated += score.truncated
         if used is not None:
             self.tokens += used
@@ -515,9 +533,9 @@ class _Run:
     def _score(self, item: GoldenItem, text: str, cut: bool) -> em.Score:
         return em.score(text, item.answers, pattern=self.pattern, cut=cut)
 
-    async def _direct(self, job: tuple[GoldenItem, int]) -> None:
+    async def _direct(self, job: tuple[int, GoldenItem, int]) -> None:
         assert self.client is not None
-        item, budget = job
+        index, item, budget = job
         try:
             gen = await self.client.generate(item.question, budget, logprobs=False)
         except _RequestError as failure:
@@ -525,11 +543,12 @@ class _Run:
         else:
             self.in_a_row = 0
             cut = gen.finish_reason == "length"
-            self.tallies[budget].add(self._score(item, gen.text, cut), gen.used_tokens)
+            self.tallies[budget].add(index, self._score(item, gen.text, cut), gen.used_tokens)
         self._step()
 
-    async def _truncate(self, item: GoldenItem) -> None:
+    async def _truncate(self, job: tuple[int, GoldenItem]) -> None:
         assert self.client is not None
+        index, item = job
         ladder = self.plan.ladder
         try:
             gen = await self.client.generate(item.question, ladder[-1], logprobs=True)
@@ -549,7 +568,7 @@ class _Run:
                 score, used = self._score(item, gen.prefix(budget), True), budget
             else:
                 score, used = self._score(item, gen.text, gen.finish_reason == "length"), length
-            self.tallies[budget].add(score, used)
+            self.tallies[budget].add(index, score, used)
         self._step()
 
     async def _pool(self, jobs: Sequence[Any], work: Callable[[Any], Any]) -> None:
@@ -570,7 +589,7 @@ class _Run:
         if self.method == AuditMethod.TRUNCATE:
             self._reset(len(questions))
             try:
-                await self._pool(questions, self._truncate)
+                await self._pool(list(enumerate(questions)), self._truncate)
             except* _NoTokensError as group:
                 fallback = True
                 reason = str(group.exceptions[0])
@@ -582,7 +601,7 @@ class _Run:
                 f"truncate: {reason}; fell back to direct (one request per question and budget)"
             )
             self.method = AuditMethod.DIRECT
-        jobs = [(item, b) for item in questions for b in self.plan.ladder]
+        jobs = [(i, item, b) for i, item in enumerate(questions) for b in self.plan.ladder]
         self._reset(len(jobs))
         try:
             await self._pool(jobs, self._direct)
@@ -610,6 +629,8 @@ class _Run:
                 errors=t.errors,
                 mean_tokens=t.tokens / t.counted if t.counted else None,
                 truncated=t.truncated,
+                scored=t.scored,
+                correct=t.correct,
             )
             for b, t in sorted(self.tallies.items())
         )

@@ -40,14 +40,14 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 import urllib3.exceptions
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from stopbudget import api
-from stopbudget.core.sinks import JsonPatchOp, SinkPatch
+from stopbudget.core.sinks import AI_SERVICE_BACKEND, JsonPatchOp, SinkPatch, TargetKind
 
 # The config loaders and ApiClient.close are untyped in some client versions, typed in others.
 _config: Any = config
@@ -81,6 +81,22 @@ PERMISSIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("", "configmaps", ("get", "patch")),
 )
 
+#: Rules the operator needs only for a feature that a chart value enables, by that value
+#: (``rbac.<value>`` in the chart): the ClusterRole or Roles hold :data:`PERMISSIONS` plus
+#: the rules of the values set to true (``tests/unit/chart/test_chart.py`` checks both
+#: ways).  Without them the operator names the value in its error (a 403 here, a Warning
+#: Event from the tick).
+OPTIONAL_PERMISSIONS: Mapping[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {
+    # The configMap sink with refreshPods: list the target's pods, annotate them so that
+    # kubelet refreshes the mounted ConfigMap at once.
+    "refreshPods": (("", "pods", ("list", "patch")),),
+    # The aiGateway sink: read and patch Envoy AI Gateway's AIServiceBackends.
+    "aiGateway": ((AI_SERVICE_BACKEND[0], AI_SERVICE_BACKEND[2], ("get", "patch")),),
+}
+
+#: The chart value that grants the rules for a kind of object, for the messages of a 403.
+CHART_VALUE_OF_KIND: Mapping[str, str] = {"Pod": "refreshPods", "AIServiceBackend": "aiGateway"}
+
 #: Extra rules when kopf's peering is enabled (``STOPBUDGET_KOPF_PEERING``, cluster-wide):
 #: kopf lists, watches and patches its ClusterKopfPeering object.
 PEERING_PERMISSIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -99,10 +115,17 @@ class TargetNotFound(KubeError):  # noqa: N818 - the name says what happened
         self.kind = kind
         self.namespace = namespace
         self.name = name
+        where = ""
+        if kind == "AIServiceBackend":
+            group, version, plural = AI_SERVICE_BACKEND
+            where = (
+                f" (the operator reads {group}/{version}: is Envoy AI Gateway installed, with "
+                f"its CRD {plural}.{group}?)"
+            )
         super().__init__(
             detail
-            or f"{kind} {namespace}/{name} was not found: create it, or point the policy at "
-            "an existing one"
+            or f"{kind} {namespace}/{name} was not found{where}: create it, or point the policy "
+            "at an existing one"
         )
 
 
@@ -138,6 +161,23 @@ class KubeApiError(KubeError):
     def __init__(self, status: int | None, message: str) -> None:
         self.status = status
         super().__init__(message)
+
+
+class Forbidden(KubeApiError):  # noqa: N818 - the name says what happened
+    """403: the operator's ServiceAccount lacks a rule; the message names the chart value."""
+
+    def __init__(self, kind: str, namespace: str, name: str, message: str) -> None:
+        self.kind = kind
+        value = CHART_VALUE_OF_KIND.get(kind)
+        fix = (
+            f"install the Helm chart with rbac.{value}=true (it grants "
+            + ", ".join(f"{r}: {'/'.join(v)}" for _, r, v in OPTIONAL_PERMISSIONS[value])
+            + ")"
+            if value is not None
+            else "grant the operator's ServiceAccount the rules in stopbudget.clients.kube."
+            "PERMISSIONS (the Helm chart's ClusterRole does)"
+        )
+        super().__init__(403, f"forbidden to access {kind} {namespace}/{name}: {message}; {fix}")
 
 
 def _status_body(exc: ApiException) -> dict[str, Any]:
@@ -278,12 +318,7 @@ class Kube:
                 return PatchConflict(kind, namespace, name)
             return PatchRejected(kind, namespace, name, status, message)
         if status == 403:
-            return KubeApiError(
-                status,
-                f"forbidden to access {kind} {namespace}/{name}: {message}; grant the "
-                "operator's ServiceAccount the rules in stopbudget.clients.kube.PERMISSIONS "
-                "(the Helm chart's ClusterRole does)",
-            )
+            return Forbidden(kind, namespace, name, message)
         return KubeApiError(
             status,
             f"the Kubernetes API failed on {kind} {namespace}/{name} ({status} "
@@ -292,13 +327,22 @@ class Kube:
 
     # ----------------------------------------------------------------- reads
 
-    async def get_sink_object(
-        self, kind: Literal["Deployment", "ConfigMap"], namespace: str, name: str
-    ) -> dict[str, Any]:
-        """The Deployment or ConfigMap a sink lives in; :class:`TargetNotFound` if none."""
+    async def get_sink_object(self, kind: TargetKind, namespace: str, name: str) -> dict[str, Any]:
+        """The Deployment, ConfigMap or AIServiceBackend a sink lives in; :class:`TargetNotFound`
+        if none."""
         if kind == "ConfigMap":
             return await self.get_config_map(namespace, name)
+        if kind == "AIServiceBackend":
+            return await self.get_ai_service_backend(namespace, name)
         return await self.get_deployment(namespace, name)
+
+    async def get_ai_service_backend(self, namespace: str, name: str) -> dict[str, Any]:
+        """Envoy AI Gateway's AIServiceBackend; :class:`TargetNotFound` if none."""
+        group, version, plural = AI_SERVICE_BACKEND
+        return await self._call(
+            "AIServiceBackend", namespace, name, self._custom.get_namespaced_custom_object,
+            group, version, namespace, plural, name,
+        )  # fmt: skip
 
     async def get_deployment(self, namespace: str, name: str) -> dict[str, Any]:
         """The Deployment as the API returns it; :class:`TargetNotFound` if there is none."""
@@ -334,6 +378,14 @@ class Kube:
         return await self._call(
             "ConfigMap", namespace, name, self._core.read_namespaced_config_map, name, namespace
         )
+
+    async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """The namespace's pods that ``selector`` (a ``labelSelector`` query) matches."""
+        listed = await self._call(
+            "Pod", namespace, f"(labelSelector {selector})",
+            self._core.list_namespaced_pod, namespace, label_selector=selector,
+        )  # fmt: skip
+        return [dict(p) for p in listed.get("items") or []]
 
     async def get_config_map_key(self, namespace: str, name: str, key: str) -> str:
         """One key of a ConfigMap's data, e.g. a golden set's JSONL."""
@@ -382,10 +434,33 @@ class Kube:
             _content_type=JSON_PATCH,
         )
 
+    async def patch_ai_service_backend(
+        self, namespace: str, name: str, ops: list[JsonPatchOp]
+    ) -> dict[str, Any]:
+        """Apply a JSON Patch; :class:`PatchConflict` when one of its tests fails."""
+        group, version, plural = AI_SERVICE_BACKEND
+        return await self._call(
+            "AIServiceBackend", namespace, name, self._custom.patch_namespaced_custom_object,
+            group, version, namespace, plural, name, list(ops),
+            patching=True, _content_type=JSON_PATCH,
+        )  # fmt: skip
+
+    async def patch_pod_metadata(
+        self, namespace: str, name: str, body: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Merge-patch a pod (its metadata: the annotation of a refresh)."""
+        return await self._call(
+            "Pod", namespace, name, self._core.patch_namespaced_pod, name, namespace, dict(body),
+            patching=True, _content_type=MERGE_PATCH,
+        )  # fmt: skip
+
     async def apply(self, namespace: str, patch: SinkPatch) -> dict[str, Any]:
-        """Apply a sink's patch to its Deployment or ConfigMap; the patched object."""
+        """Apply a sink's patch to its Deployment, ConfigMap or AIServiceBackend; the patched
+        object."""
         if patch.kind == "ConfigMap":
             return await self.patch_config_map(namespace, patch.name, patch.ops)
+        if patch.kind == "AIServiceBackend":
+            return await self.patch_ai_service_backend(namespace, patch.name, patch.ops)
         return await self.patch_deployment(namespace, patch.name, patch.ops)
 
     async def patch_policy_status(

@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 #: How much of a query or label set an error message quotes.
 _QUOTE_LIMIT = 300
+#: The queueing model's inputs, read into the observation when there is a number.
+_MODEL_ROLES = frozenset({Role.ARRIVAL_RATE, Role.THROUGHPUT, Role.SERVED_TOKENS})
 
 
 class ErrorKind(StrEnum):
@@ -307,6 +309,8 @@ class PrometheusReader:
         em: float | None = None
         em_error: str | None = None
         truncation: float | None = None
+        # The queueing model's inputs: no data leaves the law's reactive rule, no failure.
+        model: dict[Role, float] = {}
         for query, result in zip(queries, results, strict=True):
             if query.role is Role.SIGNAL:
                 assert query.target is not None
@@ -317,7 +321,17 @@ class PrometheusReader:
                     em, em_error = None, f"live EM {em:g} is outside [0, 1]: check quality.query"
             elif query.role is Role.TRUNCATION and result.value is not None:
                 truncation = min(max(result.value, 0.0), 1.0)
-        return Observation(signals=tuple(signals), em=em, em_error=em_error, truncation=truncation)
+            elif query.role in _MODEL_ROLES and result.value is not None:
+                model[query.role] = max(result.value, 0.0)
+        return Observation(
+            signals=tuple(signals),
+            em=em,
+            em_error=em_error,
+            truncation=truncation,
+            arrival_rate=model.get(Role.ARRIVAL_RATE),
+            throughput=model.get(Role.THROUGHPUT),
+            served_tokens=model.get(Role.SERVED_TOKENS),
+        )
 
     @staticmethod
     def _unplannable(spec: StopPolicySpec, why: str) -> Observation:

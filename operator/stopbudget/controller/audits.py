@@ -19,7 +19,8 @@ from stopbudget.clients import audit_runner
 from stopbudget.clients.kube import KubeError
 from stopbudget.controller.mailbox import AuditReport, PolicyMailbox
 from stopbudget.controller.operator import Operator
-from stopbudget.core.audits import dataset
+from stopbudget.core import pooling
+from stopbudget.core.audits import dataset, schedule
 from stopbudget.core.curve import Curve
 from stopbudget.core.status import Event
 
@@ -56,6 +57,7 @@ async def run(
                 text = await operator.kube.get_config_map_key(
                     mailbox.namespace, ref.config_map_ref.name, ref.key
                 )
+                measurement = pooling.measurement_of(schedule.audit_spec_hash(audit), text)
                 questions = dataset.sample(
                     dataset.parse_golden(text), audit.sample_size, audit.seed
                 )
@@ -64,7 +66,9 @@ async def run(
                 return AuditReport(trigger, started, spec, None, message)
             plan = audit_runner.plan_from_spec(audit, spec.quality, questions)
             outcome = await audit_runner.run_audit(plan)
-            return AuditReport(trigger, started, spec, outcome)
+            return AuditReport(
+                trigger, started, spec, outcome, measurement=measurement, questions=len(questions)
+            )
     finally:
         mailbox.wake.set()
 
@@ -77,6 +81,8 @@ class AuditAsStatus:
     #: The measured curve; None when the audit failed (the previous curve stays).
     measured: Curve | None
     event: Event
+    #: The audit as the pool admits it; None when it failed.
+    run: pooling.Run | None = None
 
 
 def report_as_status(report: AuditReport) -> AuditAsStatus:
@@ -98,4 +104,25 @@ def report_as_status(report: AuditReport) -> AuditAsStatus:
         time=report.started, trigger=report.trigger, result=result, message=message[:4096]
     )
     event = Event("Normal" if report.ok else "Warning", f"Audit{result.value}", message)
-    return AuditAsStatus(last, measured, event)
+    run = None
+    if measured is not None:
+        run = pooling.Run(report.started, report.measurement, report.questions, measured.points)
+    return AuditAsStatus(last, measured, event, run)
+
+
+def with_pool_note(
+    last: api.LastAudit, history: tuple[pooling.Run, ...], outcome: pooling.Outcome
+) -> api.LastAudit:
+    """``lastAudit`` with what the pool did with the audit."""
+    pooled = sum(1 for r in history if not r.held)
+    notes = {
+        pooling.Outcome.NEW: "a new measurement: the curve starts from this audit",
+        pooling.Outcome.POOLED: f"the curve pools the last {pooled} audit(s)",
+        pooling.Outcome.HELD: (
+            f"held out of the curve: significantly different from the {pooled} pooled "
+            "audit(s); a second audit like it confirms a shift"
+        ),
+        pooling.Outcome.SHIFT: "confirms the held audit: the curve restarts from these two",
+    }
+    message = f"{last.message}; {notes[outcome]}"
+    return last.model_copy(update={"message": message[:4096]})

@@ -30,6 +30,10 @@ class AuditReport:
     spec: api.StopPolicySpec
     outcome: audit_runner.AuditOutcome | None
     error: str | None = None
+    #: What the audit measured (:func:`stopbudget.core.pooling.measurement_of`).
+    measurement: str = ""
+    #: Questions in its sample (the width of the per-question bitsets).
+    questions: int = 0
 
     @property
     def ok(self) -> bool:

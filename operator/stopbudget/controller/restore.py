@@ -8,6 +8,7 @@ from typing import Any
 from stopbudget import api
 from stopbudget.clients.kube import TargetNotFound
 from stopbudget.controller.operator import Operator
+from stopbudget.controller.refresh import refresh_pods
 from stopbudget.core import sinks
 from stopbudget.core.status import read_status
 
@@ -39,5 +40,6 @@ async def restore(
     patch = sinks.LocatedSink.found_in(spec.budget, spec.target_ref, obj).restore_patch(original)
     if patch is None:
         return "nothing to restore: the sink already holds its original value"
-    await operator.kube.apply(namespace, patch)
-    return f"restored {patch.summary}"
+    written = await operator.kube.apply(namespace, patch)
+    failed = await refresh_pods(operator, namespace, spec, written)
+    return f"restored {patch.summary}" + "".join(f"; {e.message}" for e in failed)

@@ -12,7 +12,7 @@
    (:func:`stopbudget.core.law.decide`), and in ``Auto`` mode the patch, with
    ``status.originalValue`` recorded first;
 5. :func:`plan_audits` — the scheduler (:mod:`stopbudget.core.audits.schedule`) and
-   the audit it starts;
+   the audit it starts (without evidence, a cold start: at once, never deferred);
 6. :func:`stopbudget.core.status.build` — the new status and conditions, from the old
    status and what happened; :func:`write_status` writes it; the metrics follow.
 
@@ -35,10 +35,10 @@ from pydantic import ValidationError
 
 from stopbudget import api
 from stopbudget.clients.kube import KubeError, PatchConflict, TargetNotFound
-from stopbudget.controller import audits, exports
+from stopbudget.controller import audits, exports, refresh
 from stopbudget.controller.mailbox import PolicyMailbox
 from stopbudget.controller.operator import Operator
-from stopbudget.core import curve, law, sinks
+from stopbudget.core import curve, law, pooling, sinks
 from stopbudget.core.audits import alerts, schedule
 from stopbudget.core.status import (
     REBUILT,
@@ -213,6 +213,8 @@ class Arrivals:
     last_audit: api.LastAudit | None
     curve: curve.Curve
     events: tuple[Event, ...]
+    #: The audits the curve pools (``status.auditHistory``).
+    history: tuple[pooling.Run, ...] = ()
 
 
 def take_arrivals(
@@ -235,6 +237,8 @@ def take_arrivals(
     mailbox.target = alerts.PolicyTarget.from_spec(mailbox.namespace, mailbox.name, spec, kept)
     names = tuple(r.alertname or r.fingerprint for r in kept if r.status == "firing")
     last_audit, points, source = old.last_audit, list(old.curve), old.curve_source
+    history = tuple(pooling.from_status(r) for r in old.audit_history)
+    confidence = spec.quality.confidence
     report = mailbox.finished_audit()
     if report is not None:
         done = audits.report_as_status(report)
@@ -244,9 +248,17 @@ def take_arrivals(
         last_audit = done.last
         if done.measured is not None:
             points, source = done.measured.to_status(), api.CurveSource.AUDIT
+        if done.run is not None:
+            history, outcome = pooling.admit(history, done.run, confidence)
+            last_audit = audits.with_pool_note(last_audit, history, outcome)
         events.append(done.event)
-    in_use = curve.in_use(points, source, spec.quality.prior, spec.quality.confidence)
-    return Arrivals(kept, names if firing else (), audit_state, last_audit, in_use, tuple(events))
+    if history:  # a status written before pooling has no history: its curve stands
+        in_use = pooling.pooled(history, confidence)
+    else:
+        in_use = curve.in_use(points, source, spec.quality.prior, confidence)
+    return Arrivals(
+        kept, names if firing else (), audit_state, last_audit, in_use, tuple(events), history
+    )
 
 
 # ============================================================================ 3. the sink
@@ -259,7 +271,7 @@ async def find_sink(
     kind, name = sinks.target_of(spec.budget, spec.target_ref)
     try:
         obj = await operator.kube.get_sink_object(kind, namespace, name)
-        if kind == "ConfigMap":  # the Deployment it serves must exist too
+        if kind != "Deployment":  # the Deployment it serves must exist too
             await operator.kube.get_deployment(namespace, spec.target_ref.name)
         return sinks.LocatedSink.found_in(spec.budget, spec.target_ref, obj)
     except TargetNotFound as exc:
@@ -337,7 +349,7 @@ async def decide_and_patch(
     )
     if spec.control.mode != api.Mode.AUTO or not decision.changes:
         return acted
-    return await apply(operator, mailbox, spec, stored, found, acted, decision, now)
+    return await apply(operator, mailbox, spec, stored, found, acted, decision)
 
 
 def raises_for_alert(spec: api.StopPolicySpec, arrived: Arrivals) -> bool:
@@ -355,7 +367,6 @@ async def apply(
     found: sinks.LocatedSink,
     acted: Acted,
     decision: law.Decision,
-    now: datetime,
 ) -> Acted:
     """Patch the sink to the decided budget, the original value recorded first."""
     patch = found.set_patch(decision.budget)
@@ -373,7 +384,7 @@ async def apply(
         await write_status(operator, mailbox, {"originalValue": original.to_json()})
     ns, name = mailbox.namespace, mailbox.name
     try:
-        await operator.kube.apply(ns, patch)
+        written = await operator.kube.apply(ns, patch)
     except PatchConflict as exc:
         operator.metrics.patch_errors.labels(ns, name, "conflict").inc()
         why = f"{exc}: the target changed meanwhile; next tick"
@@ -389,12 +400,15 @@ async def apply(
         "BudgetChanged",
         f"{found.value.budget} -> {decision.budget}: {decision.reason} ({patch.summary})",
     )
+    refreshed = await refresh.refresh_pods(operator, ns, spec, written)
     return replace(
         acted,
         budget=decision.budget,
         original=original,
-        last_patch_time=now if patch.restarts else acted.last_patch_time,
-        events=(changed,),
+        # The law owns when a patch counts as a restart (its stability step reads it back);
+        # the tick only says the patch took effect.
+        last_patch_time=decision.state.last_patch_time,
+        events=(changed, *refreshed),
     )
 
 
@@ -435,6 +449,7 @@ def plan_audits(
         pressure=observation.pressure if observation is not None and observation.ok else None,
         annotations=annotations,
         last_audit=arrived.last_audit,
+        evidence=not arrived.curve.empty,
     )
     last_audit = arrived.last_audit
     if plan.interrupted and last_audit is not None:
@@ -483,6 +498,7 @@ def facts_of(
         alerts=arrived.alerts,
         firing=arrived.firing,
         curve=arrived.curve,
+        audit_history=tuple(pooling.to_status(r) for r in arrived.history),
         last_audit=planned.last_audit,
         audited=arrived.last_audit,
         paused=paused,

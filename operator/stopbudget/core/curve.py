@@ -47,10 +47,29 @@ class Point:
     samples: int
     mean_tokens: float | None = None
     truncated: int = 0
+    #: Audits pooled into this point (0 for a prior, or a curve stored without the count).
+    audits: int = 0
+    #: Per-question outcomes, one per pooled audit (empty without per-question data).
+    answers: tuple[Answers, ...] = ()
 
     @property
     def em(self) -> float:
         return self.hits / self.samples if self.samples else 0.0
+
+
+@dataclass(frozen=True)
+class Answers:
+    """The questions of one audit at one budget, as bitsets: bit ``i`` is question ``i``.
+
+    Every budget of a ladder audit is scored on the same questions (the same
+    generation with ``truncate``), so two budgets' answers of the same audit pair up
+    question by question (:meth:`Curve.discordant`).
+    """
+
+    #: Questions answered (a request that failed is not scored).
+    scored: int
+    #: Questions answered exactly (a subset of ``scored``).
+    correct: int
 
 
 @dataclass(frozen=True)
@@ -81,6 +100,23 @@ class Curve:
                 return point.budget
         return None
 
+    @property
+    def paired(self) -> bool:
+        """Whether every point has per-question outcomes of the same audits."""
+        counts = {len(p.answers) for p in self.points}
+        return bool(self.points) and len(counts) == 1 and 0 not in counts
+
+    def discordant(self, a: Point, b: Point) -> tuple[int, int, int]:
+        """Questions ``a`` got right and ``b`` wrong, the other way round, and questions
+        scored at both, pooled over the audits."""
+        a_only = b_only = paired = 0
+        for x, y in zip(a.answers, b.answers, strict=True):
+            both = x.scored & y.scored
+            a_only += (x.correct & ~y.correct & both).bit_count()
+            b_only += (y.correct & ~x.correct & both).bit_count()
+            paired += both.bit_count()
+        return a_only, b_only, paired
+
     def at(self, budget: int) -> Point | None:
         """The measurement that applies at ``budget``: the nearest ladder budget not above it."""
         found = None
@@ -99,6 +135,7 @@ class Curve:
                 lower=round(self.lower(p), 6),
                 mean_tokens=None if p.mean_tokens is None else round(p.mean_tokens, 3),
                 truncated=p.truncated,
+                audits=p.audits or None,
             )
             for p in self.points
         ]
@@ -114,7 +151,14 @@ def from_status(points: Sequence[CurvePoint], confidence: float, source: CurveSo
     """The curve stored in ``status.curve`` (hits rounded from em * samples)."""
     return Curve.of(
         (
-            Point(p.budget, round(p.em * p.samples), p.samples, p.mean_tokens, p.truncated)
+            Point(
+                p.budget,
+                round(p.em * p.samples),
+                p.samples,
+                p.mean_tokens,
+                p.truncated,
+                audits=p.audits or 0,
+            )
             for p in points
         ),
         confidence,

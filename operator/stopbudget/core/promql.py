@@ -3,7 +3,11 @@
 A policy names its load signals (``spec.load.signals``); a signal without its
 own ``query`` takes the query of its name from the policy's preset (vLLM,
 SGLang, TGI or llama.cpp), scoped by ``spec.load.selector``.  :func:`plan` turns a spec into
-the queries one tick runs; ``prometheus.py`` runs them.
+the queries one tick runs; ``prometheus.py`` runs them.  With
+``control.model: queueing`` a tick also reads the arrival rate, the generated
+tokens per second and per finished request, where the preset's engine exports
+them (:func:`arrival_rate_query`); a missing one makes the law use its reactive
+rule, never a failure of the tick.
 
 Every preset query returns one series (it aggregates over replicas) or
 nothing.  Nothing means "no data" (the engine's series are missing: wrong
@@ -29,7 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from stopbudget.api import PRESET_SIGNALS, Preset, StopPolicySpec
+from stopbudget.api import PRESET_SIGNALS, LoadModel, Preset, StopPolicySpec
 
 #: A metric name as Prometheus reads it in a query (colons are legal, e.g. ``vllm:...``).
 METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
@@ -62,6 +66,10 @@ SGLANG_E2E_LATENCY = "sglang:e2e_request_latency_seconds"
 SGLANG_GENERATION_TOKENS = "sglang:generation_tokens_total"
 # Hugging Face TGI (no model label: one server, one model).
 TGI_QUEUE = "tgi_queue_size"
+#: Counter of requests received (TGI's only arrival counter among the presets' engines).
+TGI_REQUEST_COUNT = "tgi_request_count"
+#: Histogram of generated tokens per finished request.
+TGI_GENERATED_TOKENS = "tgi_request_generated_tokens"
 TGI_BATCH_SIZE = "tgi_batch_current_size"
 TGI_REQUEST_DURATION = "tgi_request_duration"
 # llama.cpp's llama-server with --metrics (no label at all; shared/engines/README.md).
@@ -88,10 +96,17 @@ class EngineSeries:
     kv_cache: str | None = None
     #: Counter of finished requests with a ``finished_reason`` label; None if none.
     finished: str | None = None
-    #: Gauge of requests being generated, summed over replicas; None if not a signal.
+    #: Gauge of requests being generated, summed over replicas (a signal where the preset
+    #: lists ``running``); None if the engine has none.
     running: str | None = None
     #: Counter of generated tokens (its rate is throughput); None if not a signal.
     generated: str | None = None
+    #: The queueing model's series (``control.model: queueing``), None where the engine
+    #: has none: a counter of requests received, one of requests finished (the arrival
+    #: rate is then finished + growth of waiting and running), one of generated tokens.
+    received: str | None = None
+    finished_total: str | None = None
+    generated_total: str | None = None
 
 
 ENGINES: Mapping[Preset, EngineSeries] = {
@@ -100,13 +115,28 @@ ENGINES: Mapping[Preset, EngineSeries] = {
         latency=VLLM_E2E_LATENCY,
         kv_cache=VLLM_KV_CACHE,
         finished=VLLM_REQUEST_SUCCESS,
+        running=VLLM_RUNNING,
+        finished_total=VLLM_REQUEST_SUCCESS,
+        generated_total=VLLM_GENERATION_TOKENS,
     ),
     Preset.SGLANG: EngineSeries(
-        queue=SGLANG_QUEUE, latency=SGLANG_E2E_LATENCY, kv_cache=SGLANG_TOKEN_USAGE
+        queue=SGLANG_QUEUE,
+        latency=SGLANG_E2E_LATENCY,
+        kv_cache=SGLANG_TOKEN_USAGE,
+        generated_total=SGLANG_GENERATION_TOKENS,
     ),
-    Preset.TGI: EngineSeries(queue=TGI_QUEUE, latency=TGI_REQUEST_DURATION),
+    Preset.TGI: EngineSeries(
+        queue=TGI_QUEUE,
+        latency=TGI_REQUEST_DURATION,
+        received=TGI_REQUEST_COUNT,
+        finished_total=TGI_GENERATED_TOKENS + "_count",
+        generated_total=TGI_GENERATED_TOKENS + "_sum",
+    ),
     Preset.LLAMACPP: EngineSeries(
-        queue=LLAMACPP_DEFERRED, running=LLAMACPP_PROCESSING, generated=LLAMACPP_TOKENS_PREDICTED
+        queue=LLAMACPP_DEFERRED,
+        running=LLAMACPP_PROCESSING,
+        generated=LLAMACPP_TOKENS_PREDICTED,
+        generated_total=LLAMACPP_TOKENS_PREDICTED,
     ),
 }
 
@@ -121,7 +151,15 @@ def engine_series() -> frozenset[str]:
         names.add(engine.queue)
         if engine.latency is not None:
             names |= {engine.latency + "_bucket", engine.latency + "_count"}
-        optional = (engine.kv_cache, engine.finished, engine.running, engine.generated)
+        optional = (
+            engine.kv_cache,
+            engine.finished,
+            engine.running,
+            engine.generated,
+            engine.received,
+            engine.finished_total,
+            engine.generated_total,
+        )
         names |= {n for n in optional if n is not None}
     return frozenset(names)
 
@@ -254,6 +292,67 @@ def truncation_query(
     return ratio_of_reason(engine.finished, selector, FINISHED_BY_LENGTH, window)
 
 
+# --------------------------------------------------------------------------- the queueing model
+
+
+def arrival_rate_query(
+    preset: Preset, selector: Mapping[str, str], *, window: str = DEFAULT_WINDOW
+) -> str | None:
+    """Requests arriving per second, for the engines that let it be computed; else None.
+
+    A counter of requests received gives it directly (TGI). Otherwise the requests
+    finished in the window plus the growth of those waiting (and running, where the
+    engine exports it) is what arrived (vLLM). One series or nothing, like every
+    preset query: a replica set is summed; a negative reading (a counter reset, the
+    edges of ``delta``) is read as 0 by the client.
+    """
+    engine = ENGINES.get(preset)
+    if engine is None:
+        return None
+    w = _window(window)
+    if engine.received is not None:
+        return f"sum(rate({series(engine.received, selector)}[{w}]))"
+    if engine.finished_total is None:
+        return None
+    seconds = f"{_seconds(w):g}"
+    growth = [f"sum(delta({series(engine.queue, selector)}[{w}]))"]
+    if engine.running is not None:
+        growth.append(f"sum(delta({series(engine.running, selector)}[{w}]))")
+    finished = f"sum(rate({series(engine.finished_total, selector)}[{w}]))"
+    return f"{finished} + ({' + '.join(growth)}) / {seconds}"
+
+
+def throughput_query(
+    preset: Preset, selector: Mapping[str, str], *, window: str = DEFAULT_WINDOW
+) -> str | None:
+    """Tokens generated per second, summed over replicas; None without such a counter."""
+    engine = ENGINES.get(preset)
+    if engine is None or engine.generated_total is None:
+        return None
+    return f"sum(rate({series(engine.generated_total, selector)}[{_window(window)}]))"
+
+
+def served_tokens_query(
+    preset: Preset, selector: Mapping[str, str], *, window: str = DEFAULT_WINDOW
+) -> str | None:
+    """Mean tokens generated per finished request; empty (no data) while nothing finishes."""
+    engine = ENGINES.get(preset)
+    if engine is None or engine.generated_total is None or engine.finished_total is None:
+        return None
+    w = _window(window)
+    tokens = f"sum(rate({series(engine.generated_total, selector)}[{w}]))"
+    finished = f"sum(rate({series(engine.finished_total, selector)}[{w}]))"
+    return f"{tokens} / ({finished} > 0)"
+
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+def _seconds(window: str) -> float:
+    """A PromQL range such as ``1h30m`` in seconds."""
+    return sum(float(n) * _UNITS[u] for n, u in re.findall(r"([0-9]+)(ms|s|m|h|d|w|y)", window))
+
+
 # --------------------------------------------------------------------------- the plan
 
 
@@ -263,6 +362,10 @@ class Role(StrEnum):
     SIGNAL = "signal"
     QUALITY = "quality"
     TRUNCATION = "truncation"
+    #: The queueing model's inputs (planned with ``control.model: queueing`` only).
+    ARRIVAL_RATE = "arrivalRate"
+    THROUGHPUT = "throughput"
+    SERVED_TOKENS = "servedTokens"
 
 
 @dataclass(frozen=True)
@@ -298,4 +401,13 @@ def plan(spec: StopPolicySpec, *, window: str = DEFAULT_WINDOW) -> tuple[Query, 
     truncation = truncation_query(load.preset, load.selector, window=window)
     if truncation is not None:
         out.append(Query(Role.TRUNCATION, "truncation", truncation))
+    if spec.control.model is LoadModel.QUEUEING:
+        for role, build in (
+            (Role.ARRIVAL_RATE, arrival_rate_query),
+            (Role.THROUGHPUT, throughput_query),
+            (Role.SERVED_TOKENS, served_tokens_query),
+        ):
+            model_expr = build(load.preset, load.selector, window=window)
+            if model_expr is not None:
+                out.append(Query(role, role.value, model_expr))
     return tuple(out)

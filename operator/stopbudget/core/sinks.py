@@ -1,4 +1,5 @@
-"""Where the budget lands: JSON Patches for the env, arg, annotation and configMap sinks.
+"""Where the budget lands: JSON Patches for the env, arg, annotation, configMap and aiGateway
+sinks.
 
 This module is pure: it takes objects as the Kubernetes API returns them (plain
 dicts) and returns RFC 6902 JSON Patches; it does no I/O and reads no clock.
@@ -27,7 +28,15 @@ byte-identical.
 The API server omits empty ``env``, ``args``, ``annotations`` and ``data``
 (``omitempty``), so when removing the operator's entry leaves one of them
 empty, the restore patch removes the parent too: restoring gives back the
-object exactly as it was read.
+object exactly as it was read.  The aiGateway sink does the same with the
+AIServiceBackend's ``spec.bodyMutation.set`` and ``spec.bodyMutation`` (a custom
+resource keeps empty lists, so an AIServiceBackend read with ``set: []`` comes
+back without it).
+
+The aiGateway sink writes the entry ``{path: <name>, value: <budget>}`` of
+``spec.bodyMutation.set`` of an Envoy AI Gateway ``AIServiceBackend``
+(:data:`AI_SERVICE_BACKEND`); Envoy overwrites that top-level field of every
+request body routed to the backend with the value, parsed as JSON.
 """
 
 from __future__ import annotations
@@ -44,9 +53,17 @@ JsonPatchOp = dict[str, Any]
 #: A JSON object as the API returns it.
 Obj = Mapping[str, Any]
 #: The kinds of object a sink lives in.
-TargetKind = Literal["Deployment", "ConfigMap"]
+TargetKind = Literal["Deployment", "ConfigMap", "AIServiceBackend"]
+
+#: Envoy AI Gateway's AIServiceBackend: (group, version, plural).  v1alpha1 is served by every
+#: release that has ``spec.bodyMutation`` (newer ones also serve v1beta1, with the same
+#: bodyMutation schema; tests/schemas/aigateway-aiservicebackends.yaml has both).
+AI_SERVICE_BACKEND = ("aigateway.envoyproxy.io", "v1alpha1", "aiservicebackends")
+#: Envoy AI Gateway's limit on the entries of ``bodyMutation.set`` (the CRD's ``maxItems``).
+BODY_MUTATION_MAX = 16
 
 _CONTAINERS = "/spec/template/spec/containers"
+_BODY_SET = "/spec/bodyMutation/set"
 
 
 class SinkError(ValueError):
@@ -119,8 +136,15 @@ class LocatedSink:
         return restore_patch(self.budget, self.target, original, **_by_kind(self.kind, self.obj))
 
 
+_KEYWORD: Mapping[TargetKind, str] = {
+    "Deployment": "deployment",
+    "ConfigMap": "config_map",
+    "AIServiceBackend": "ai_service_backend",
+}
+
+
 def _by_kind(kind: TargetKind, obj: Obj) -> dict[str, Obj]:
-    return {"config_map": obj} if kind == "ConfigMap" else {"deployment": obj}
+    return {_KEYWORD[kind]: obj}
 
 
 def target_of(spec: api.Budget, target: api.TargetRef) -> tuple[TargetKind, str]:
@@ -128,6 +152,9 @@ def target_of(spec: api.Budget, target: api.TargetRef) -> tuple[TargetKind, str]
     if spec.sink.type == api.SinkType.CONFIG_MAP:
         assert spec.sink.config_map_name is not None  # guaranteed by the Sink's rules
         return "ConfigMap", spec.sink.config_map_name
+    if spec.sink.type == api.SinkType.AI_GATEWAY:
+        assert spec.sink.ai_service_backend_name is not None  # guaranteed by the Sink's rules
+        return "AIServiceBackend", spec.sink.ai_service_backend_name
     return "Deployment", target.name
 
 
@@ -136,9 +163,10 @@ def read(
     target: api.TargetRef,
     deployment: Obj | None = None,
     config_map: Obj | None = None,
+    ai_service_backend: Obj | None = None,
 ) -> SinkValue:
     """What the sink holds in the given objects (see :func:`target_of` for which is needed)."""
-    slot = _locate(spec, target, deployment, config_map)
+    slot = _locate(spec, target, deployment, config_map, ai_service_backend)
     budget = spec.sink.parse(slot.raw) if slot.raw is not None else None
     return SinkValue(present=slot.present, raw=slot.raw, budget=budget, where=slot.where)
 
@@ -149,9 +177,10 @@ def set_patch(
     budget: int,
     deployment: Obj | None = None,
     config_map: Obj | None = None,
+    ai_service_backend: Obj | None = None,
 ) -> SinkPatch | None:
     """The patch that writes ``budget``; None when the sink already holds it."""
-    slot = _locate(spec, target, deployment, config_map)
+    slot = _locate(spec, target, deployment, config_map, ai_service_backend)
     if slot.raw is not None and spec.sink.parse(slot.raw) == budget:
         return None
     new = spec.sink.render(budget)
@@ -164,6 +193,7 @@ def restore_patch(
     original: api.OriginalValue,
     deployment: Obj | None = None,
     config_map: Obj | None = None,
+    ai_service_backend: Obj | None = None,
 ) -> SinkPatch | None:
     """The patch that puts ``original`` back; None when the sink already holds it.
 
@@ -172,7 +202,7 @@ def restore_patch(
     written back, re-adding the env var, argument, annotation or key if someone
     removed it since.
     """
-    slot = _locate(spec, target, deployment, config_map)
+    slot = _locate(spec, target, deployment, config_map, ai_service_backend)
     if not original.present:
         if not slot.present:
             return None
@@ -411,8 +441,69 @@ class _ArgSlot(_Slot):
         return [*self.guard, *tests, *removes]
 
 
+@dataclass(frozen=True)
+class _BodyFieldSlot(_Slot):
+    """An entry ``{path: field, value: ...}`` of an AIServiceBackend's ``spec.bodyMutation.set``.
+
+    ``entries`` is that list as read (None when absent), ``index`` the entry's place in
+    it, ``mutation`` the ``bodyMutation`` object (None when absent), ``spec`` the spec.
+    """
+
+    field_name: str
+    entries: list[Any] | None
+    index: int | None
+    mutation: Mapping[str, Any] | None
+    spec: Mapping[str, Any]
+
+    def write(self, value: str | None) -> list[JsonPatchOp]:
+        text = value if value is not None else ""
+        entry = {"path": self.field_name, "value": text}
+        if self.index is not None and self.entries is not None:
+            at = f"{_BODY_SET}/{self.index}"
+            current = self.entries[self.index]
+            if "value" not in current:  # the CRD requires it; only a whole-entry test proves it
+                return [_test(at, current), {"op": "add", "path": f"{at}/value", "value": text}]
+            return [
+                _test(f"{at}/path", self.field_name),
+                _test(f"{at}/value", current["value"]),
+                {"op": "replace", "path": f"{at}/value", "value": text},
+            ]
+        if self.entries is not None:
+            return [
+                _test(_BODY_SET, list(self.entries)),
+                {"op": "add", "path": f"{_BODY_SET}/-", "value": entry},
+            ]
+        if self.mutation is not None:
+            return [
+                _test("/spec/bodyMutation", dict(self.mutation)),
+                {"op": "add", "path": _BODY_SET, "value": [entry]},
+            ]
+        return [
+            _test("/spec", dict(self.spec)),
+            {"op": "add", "path": "/spec/bodyMutation", "value": {"set": [entry]}},
+        ]
+
+    def remove(self) -> list[JsonPatchOp]:
+        assert self.index is not None
+        assert self.entries is not None
+        assert self.mutation is not None
+        if len(self.entries) > 1:
+            at = f"{_BODY_SET}/{self.index}"
+            return [_test(at, self.entries[self.index]), {"op": "remove", "path": at}]
+        if set(self.mutation) == {"set"}:  # nothing else in it: remove what the write added
+            return [
+                _test("/spec/bodyMutation", dict(self.mutation)),
+                {"op": "remove", "path": "/spec/bodyMutation"},
+            ]
+        return [_test(_BODY_SET, list(self.entries)), {"op": "remove", "path": _BODY_SET}]
+
+
 def _locate(
-    spec: api.Budget, target: api.TargetRef, deployment: Obj | None, config_map: Obj | None
+    spec: api.Budget,
+    target: api.TargetRef,
+    deployment: Obj | None,
+    config_map: Obj | None,
+    ai_service_backend: Obj | None = None,
 ) -> _Slot:
     sink = spec.sink
     if sink.type == api.SinkType.CONFIG_MAP:
@@ -421,6 +512,13 @@ def _locate(
                 f"the configMap sink needs ConfigMap {sink.config_map_name!r}: read it first"
             )
         return _config_map_slot(sink, config_map)
+    if sink.type == api.SinkType.AI_GATEWAY:
+        if ai_service_backend is None:
+            raise SinkTargetError(
+                f"the aiGateway sink needs AIServiceBackend {sink.ai_service_backend_name!r}: "
+                "read it first"
+            )
+        return _body_field_slot(sink, ai_service_backend)
     if deployment is None:
         raise SinkTargetError(f"the {sink.type.value} sink needs Deployment {target.name!r}")
     if sink.type == api.SinkType.ANNOTATION:
@@ -455,6 +553,52 @@ def _config_map_slot(sink: api.Sink, config_map: Obj) -> _Slot:
         key=sink.name,
         mapping=data,
         ancestor=("", dict(config_map)),
+    )
+
+
+def _body_field_slot(sink: api.Sink, backend: Obj) -> _Slot:
+    name = (backend.get("metadata") or {}).get("name", sink.ai_service_backend_name)
+    where = f"field {sink.name} in spec.bodyMutation.set of AIServiceBackend {name}"
+    spec = backend.get("spec")
+    if not isinstance(spec, Mapping):
+        raise SinkTargetError(f"AIServiceBackend {name} has no spec: is it an AIServiceBackend?")
+    mutation = spec.get("bodyMutation")
+    if mutation is not None and not isinstance(mutation, Mapping):
+        raise SinkTargetError(f"AIServiceBackend {name} has a spec.bodyMutation that is not a map")
+    entries = (mutation or {}).get("set")
+    if entries is not None and not isinstance(entries, list):
+        raise SinkTargetError(
+            f"AIServiceBackend {name} has a spec.bodyMutation.set that is not a list"
+        )
+    found = [
+        i
+        for i, e in enumerate(entries or [])
+        if isinstance(e, Mapping) and e.get("path") == sink.name
+    ]
+    if len(found) > 1:
+        raise SinkTargetError(
+            f"{where} is set {len(found)} times: keep one, so that the value written is the one "
+            "Envoy AI Gateway applies"
+        )
+    if not found and entries is not None and len(entries) >= BODY_MUTATION_MAX:
+        raise SinkTargetError(
+            f"{where} is absent and the list already holds {len(entries)} entries, Envoy AI "
+            f"Gateway's maximum: remove one, or set {sink.name} there yourself"
+        )
+    index = found[0] if found else None
+    raw = None
+    if index is not None and entries is not None and "value" in entries[index]:
+        raw = _text(entries[index]["value"])
+    return _BodyFieldSlot(
+        where=where,
+        present=index is not None,
+        raw=raw,
+        guard=(),
+        field_name=sink.name,
+        entries=list(entries) if entries is not None else None,
+        index=index,
+        mutation=mutation,
+        spec=spec,
     )
 
 
@@ -621,3 +765,60 @@ def _arg_slot(
         index=index,
         form=form,
     )
+
+
+# --------------------------------------------------------------------------- refreshPods
+# A configMap sink with ``refreshPods: true``: after a write the operator annotates the
+# target Deployment's pods, so kubelet syncs them and refreshes the mounted ConfigMap at
+# once rather than within its sync period.  What to list and what to patch is computed here;
+# the listing and the patches are the controller's (``controller/refresh.py``).
+
+_SET_OPERATORS = {"In": "in", "NotIn": "notin"}
+
+
+def pod_selector(deployment: Obj) -> str:
+    """The Deployment's ``spec.selector`` as a ``labelSelector`` query, e.g.
+    ``app=vllm,tier in (a,b),!canary``; :class:`SinkTargetError` when it selects nothing
+    definite (no selector, or an empty one, would match every pod of the namespace)."""
+    name = (deployment.get("metadata") or {}).get("name", "?")
+    selector = (deployment.get("spec") or {}).get("selector") or {}
+    terms = [f"{k}={v}" for k, v in (selector.get("matchLabels") or {}).items()]
+    for expression in selector.get("matchExpressions") or []:
+        key, operator = expression.get("key"), expression.get("operator")
+        values = ",".join(str(v) for v in expression.get("values") or [])
+        if operator in _SET_OPERATORS:
+            terms.append(f"{key} {_SET_OPERATORS[operator]} ({values})")
+        elif operator == "Exists":
+            terms.append(str(key))
+        elif operator == "DoesNotExist":
+            terms.append(f"!{key}")
+        else:
+            raise SinkTargetError(
+                f"Deployment {name} has a selector operator {operator!r} that is not In, "
+                "NotIn, Exists or DoesNotExist: refreshPods cannot find its pods"
+            )
+    if not terms:
+        raise SinkTargetError(
+            f"Deployment {name} has no spec.selector: refreshPods would annotate every pod of "
+            "the namespace, so it annotates none; give the Deployment a selector"
+        )
+    return ",".join(terms)
+
+
+def pods_to_refresh(pods: Sequence[Obj], revision: str) -> list[str]:
+    """Names of the ``pods`` to annotate with ``revision``: those not being deleted and not
+    annotated with it yet (a refresh already done is not done again)."""
+    names = []
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            continue
+        if (meta.get("annotations") or {}).get(api.ANNOTATION_BUDGET_REVISION) == revision:
+            continue
+        names.append(str(meta.get("name")))
+    return names
+
+
+def refresh_patch(revision: str) -> dict[str, Any]:
+    """The merge patch of a pod's metadata that makes kubelet sync it (and its volumes)."""
+    return {"metadata": {"annotations": {api.ANNOTATION_BUDGET_REVISION: revision}}}

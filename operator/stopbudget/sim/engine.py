@@ -2,23 +2,32 @@
 
 :func:`simulate` replays the workload through a fresh fleet once per strategy.
 Time advances in control intervals (the policy's ``control.interval``): at
-each tick the strategy sees the fleet's signals and sets the budget of the
-requests arriving until the next tick (a budget is fixed when a request
-arrives, as at a gateway).  After the last interval the fleet drains, so every
-request completes.  Nothing here reads a clock or a file; progress is reported
-through a callback.
+each tick the strategy sees the fleet's signals and writes a budget.  It
+reaches the requests through the policy's sink (or :attr:`Options.sink`): a
+sink read live serves it to the requests arriving ``propagation_s`` after the
+tick (a request's budget is fixed when it arrives, as at a gateway); a sink in
+the pod template (``arg``, ``env``) rolls the fleet's replicas, each serving its
+template's budget (:class:`~stopbudget.sim.fleet.Fleet`).  Every strategy is
+charged the same, the oracle too.  After the last interval the fleet drains, so
+every request completes.
+Nothing here reads a clock or a file; progress is reported through a callback.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import pairwise
 
-from stopbudget.api import StopPolicySpec
+from stopbudget.api import RESTARTING_SINKS, SinkType, StopPolicySpec, format_duration
 from stopbudget.core.law import Observation, SignalReading
-from stopbudget.sim.fleet import Fleet, FleetConfig, FleetSignals, quantile
+from stopbudget.sim import coldstart, rollout
+from stopbudget.sim.coldstart import ColdStart
+from stopbudget.sim.fleet import Fleet, FleetConfig, FleetSignals, Rollout, quantile
 from stopbudget.sim.inputs import QualityTable, Trace
 from stopbudget.sim.model import Objective, Served, Workload, candidates, meets, serve
 from stopbudget.sim.strategies import (
@@ -32,6 +41,7 @@ from stopbudget.sim.strategies import (
     Strategy,
     Tick,
     Window,
+    audit_seconds,
 )
 
 #: What the fleet exports, by the signal kind a policy's signal name maps to.
@@ -44,6 +54,9 @@ SIGNAL_KINDS: Mapping[str, Callable[[FleetSignals], float]] = {
 }
 #: Default latency SLO when neither --latency-slo nor a latency signal gives one.
 DEFAULT_SLO_S = 60.0
+#: The sinks the simulator knows; a budget written to the first two rolls the pods.
+SINKS = ("arg", "env", "configMap", "aiGateway", "annotation")
+RESTARTING = frozenset(s.value for s in RESTARTING_SINKS)
 
 
 class PolicyError(ValueError):
@@ -99,14 +112,65 @@ class Options:
     #: Audit period in simulated seconds, in place of the policy's audit.schedule; None:
     #: the schedule (cron, on the simulated clock).
     audit_every_s: float | None = None
-    #: Time from an audit's start to its curve being used.
-    audit_duration_s: float = 300.0
+    #: Time from an audit's start to its curve being used; None: modelled from the audit's
+    #: work (:func:`stopbudget.sim.strategies.audit_seconds`).
+    audit_duration_s: float | None = 300.0
     #: EM-target attainment and time below floor are judged on windows this long
     #: (whole control intervals), over the requests arriving in each.
     eval_window_s: float = 300.0
     reactive: ReactiveConfig = field(default_factory=ReactiveConfig)
     #: Strategy names to run (None: all); the oracle always runs.
     only: tuple[str, ...] | None = None
+    #: Where the budget is written, one of SINKS; None: the policy's budget.sink.type.
+    sink: str | None = None
+    #: A sink in the pod template (arg, env): from a pod's creation to it taking requests.
+    restart_s: float = 120.0
+    #: The rolling update's maxSurge and maxUnavailable (a count or a percentage).
+    max_surge: str = rollout.DEFAULT_MAX_SURGE
+    max_unavailable: str = rollout.DEFAULT_MAX_UNAVAILABLE
+    #: A sink read live (configMap, aiGateway, annotation): from the patch to every
+    #: replica (or the gate) serving the new budget.
+    propagation_s: float = 2.0
+    #: Cold start (:mod:`stopbudget.sim.coldstart`): quality.prior dropped, the policy
+    #: created at the trace's busiest minute, an hour from there.
+    cold_start: bool = False
+
+    def __post_init__(self) -> None:
+        if self.sink is not None and self.sink not in SINKS:
+            raise ValueError(f"sink {self.sink!r} is not one of {', '.join(SINKS)}")
+        for name in ("restart_s", "propagation_s"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a number of seconds >= 0, got {value}")
+        rollout.counts(self.fleet.replicas, self.max_surge, self.max_unavailable)
+
+    def sink_of(self, spec: StopPolicySpec) -> str:
+        """The sink simulated: the override, else the policy's."""
+        return self.sink or spec.budget.sink.type.value
+
+    def rolling_update(self, spec: StopPolicySpec) -> Rollout | None:
+        """The rolling update a patch starts; None for a sink read live."""
+        if self.sink_of(spec) not in RESTARTING:
+            return None
+        surge, unavailable = rollout.counts(
+            self.fleet.replicas, self.max_surge, self.max_unavailable
+        )
+        return Rollout(self.restart_s, surge, unavailable)
+
+
+def with_sink(spec: StopPolicySpec, sink: str) -> StopPolicySpec:
+    """``spec`` as the law sees it with the budget written to ``sink`` (only the sink's
+    type matters to the law: whether a patch restarts pods).  A sink the API does not
+    name yet (aiGateway) is read live, as configMap."""
+    if sink == spec.budget.sink.type.value:
+        return spec
+    try:
+        kind = SinkType(sink)
+    except ValueError:
+        kind = SinkType.CONFIG_MAP
+    written = spec.budget.sink.model_copy(update={"type": kind})
+    budget = spec.budget.model_copy(update={"sink": written})
+    return spec.model_copy(update={"budget": budget})
 
 
 def latency_slo(spec: StopPolicySpec, options: Options) -> tuple[float, str]:
@@ -137,9 +201,14 @@ class Summary:
     #: Generated tokens x policy price / 1e6; None without cost.pricePerMillionTokens.
     cost: float | None
     requests: int
+    #: Mean of the budgets the requests were served at.
     mean_budget: float
     p50_latency_s: float
     max_queue: int
+    #: Rolling updates started per simulated hour (0 for a sink read live).
+    restarts_per_hour: float = 0.0
+    #: Replica-seconds with fewer than ``replicas`` replicas taking requests (restarts).
+    replica_s_lost: float = 0.0
 
     COLUMNS = (
         "strategy",
@@ -155,6 +224,8 @@ class Summary:
         "mean_budget",
         "p50_latency_s",
         "max_queue",
+        "restarts_per_hour",
+        "replica_s_lost",
     )
 
     def row(self) -> dict[str, str | float | int | None]:
@@ -166,7 +237,7 @@ class Run:
     """One strategy's run."""
 
     name: str
-    #: Budget in force during each interval.
+    #: Budget the strategy wrote at the start of each interval.
     budgets: tuple[int, ...]
     #: Fleet signals at each tick, and the policy's pressure from them.
     signals: tuple[FleetSignals, ...]
@@ -182,6 +253,12 @@ class Run:
     summary: Summary
     audits: tuple[AuditRecord, ...] = ()
     calls: tuple[LawCall, ...] = ()
+    #: Per request: the budget it was served at (the one written when it arrived, or with a
+    #: sink read live ``propagation_s`` later; with a rollout, its replica's template).
+    served_at: tuple[int, ...] = ()
+    #: Seconds from the policy's creation to the law's first decision with a curve (0 with
+    #: a prior; None: never, or not the real law).
+    first_evidence_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +277,11 @@ class Comparison:
     quality_levels: tuple[int, ...]
     served: Mapping[int, Served]
     runs: tuple[Run, ...]
+    #: Seconds from an audit's start to its curve being used, and where that comes from.
+    audit_duration_s: float = 300.0
+    audit_duration_source: str = "--audit-duration"
+    #: The cold-start run's start (``Options.cold_start``), else None.
+    cold_start: ColdStart | None = None
 
     def run(self, name: str) -> Run:
         for r in self.runs:
@@ -232,6 +314,11 @@ def simulate(
     ``progress(done, total)`` is called after every control tick of every strategy.
     """
     options = options or Options()
+    cold = coldstart.at_busiest_minute(trace) if options.cold_start else None
+    if cold is not None:
+        trace, spec = cold.trace, coldstart.without_prior(spec)
+    spec = with_sink(spec, options.sink_of(spec))
+    audit_s, audit_source = audit_duration(spec, quality, options)
     kinds = signal_kinds(spec)
     slo, slo_source = latency_slo(spec, options)
     interval = spec.control.interval.total_seconds()
@@ -247,6 +334,9 @@ def simulate(
             )
         return served[budget]
 
+    # Cold start: the policy is created at tick ``created`` (after the warm-up); before it
+    # every strategy serves budget.initial.
+    created = round(cold.warmup / options.time_scale / interval) if cold is not None else 0
     objective = Objective(
         spec.quality.em_target, spec.quality.em_floor, options.fleet.capacity * interval
     )
@@ -261,8 +351,8 @@ def simulate(
         StopBudget(
             spec,
             quality,
-            created=trace.start,
-            audit_duration=options.audit_duration_s,
+            created=trace.start + timedelta(seconds=created * interval),
+            audit_duration=audit_s,
             seed=options.seed,
             audit_every=options.audit_every_s,
         )
@@ -279,7 +369,8 @@ def simulate(
             progress(ticks[0], total)
 
     runs = tuple(
-        _run(s, workload, spec, options, kinds, slo, trace.start, at, tick) for s in strategies
+        _run(s, workload, spec, options, kinds, slo, trace.start, at, tick, created)
+        for s in strategies
     )
     return Comparison(
         spec=spec,
@@ -293,7 +384,58 @@ def simulate(
         quality_levels=quality.levels,
         served=served,
         runs=runs,
+        audit_duration_s=audit_s,
+        audit_duration_source=audit_source,
+        cold_start=cold,
     )
+
+
+class _Writer:
+    """The budget a strategy writes, reaching the requests through the sink: with a sink
+    read live, every request arriving ``propagation_s`` after the patch is served at it;
+    with a sink in the pod template, the fleet rolls its replicas (:class:`Fleet`)."""
+
+    def __init__(self, options: Options, spec: StopPolicySpec, first: int) -> None:
+        self.propagation = options.propagation_s
+        self.rollout = options.rolling_update(spec)
+        self.current = first
+        self.written = first
+        self.pending: list[tuple[float, int]] = []
+
+    def write(self, fleet: Fleet, budget: int, t: float) -> None:
+        if self.rollout is not None:
+            fleet.set_template(budget, t)
+        elif budget != self.written:
+            self.pending.append((t + self.propagation, budget))
+        self.written = budget
+
+    def at(self, arrival: float) -> int:
+        """The budget a request arriving at ``arrival`` is served at (sink read live)."""
+        while self.pending and self.pending[0][0] <= arrival:
+            self.current = self.pending.pop(0)[1]
+        return self.current
+
+
+def audit_duration(
+    spec: StopPolicySpec, quality: QualityTable, options: Options
+) -> tuple[float, str]:
+    """Seconds from a simulated audit's start to its curve being used, and the source."""
+    if options.audit_duration_s is not None:
+        return options.audit_duration_s, "--audit-duration"
+    if spec.audit is None:
+        return 0.0, "no audit"
+    a, fleet = spec.audit, options.fleet
+    seconds = audit_seconds(a, quality, fleet)
+    source = (
+        f"modelled: {min(a.sample_size, quality.questions)} questions, method {a.method.value}, "
+        f"concurrency {a.concurrency}, {fleet.rate(fleet.max_batch):.1f} tokens/s per sequence"
+    )
+    if seconds > a.timeout.total_seconds():
+        source += (
+            f"; longer than audit.timeout {format_duration(a.timeout)}: the operator would "
+            "stop it (here its curve is used when it ends)"
+        )
+    return seconds, source
 
 
 def _run(
@@ -306,11 +448,14 @@ def _run(
     start: datetime,
     at: Callable[[int], Served],
     tick: Callable[[], None],
+    created: int = 0,
 ) -> Run:
     n = len(workload)
-    fleet = Fleet(options.fleet, n)
+    fleet = Fleet(options.fleet, 0)  # before the first budget: empty
+    writer: _Writer | None = None
     generated = [0] * n
     correct = [False] * n
+    served_at = [0] * n
     budgets: list[int] = []
     signals: list[FleetSignals] = []
     pressure: list[float] = []
@@ -326,55 +471,60 @@ def _run(
 
         return window
 
+    def cost(request: int, budget: int) -> tuple[float, int]:
+        served = at(budget)
+        return served.work[request], served.kv[request]
+
     interval = workload.interval
     for k in range(workload.intervals):
         t = k * interval
         now = start + timedelta(seconds=t)
         sig = fleet.signals(t)
         window = completed_within(t)
-        observation = Observation(
-            signals=tuple(
-                SignalReading(name, target, SIGNAL_KINDS[kind](sig)) for name, target, kind in kinds
-            ),
-            em=window(options.fleet.window_s).em if live_em else None,
-        )
+        recent = window(options.fleet.window_s)
+        rates = _rates(workload, t, options.fleet.window_s, recent)
+        observation = _observation(kinds, sig, recent, rates, live_em=live_em)
         ledger.append((fleet.arrived, fleet.completed, fleet.queued, fleet.running))
         signals.append(sig)
         pressure.append(observation.pressure)
-        budget = strategy.budget(Tick(k, t, now, sig, observation, window))
+        budget = (
+            strategy.budget(Tick(k, t, now, sig, observation, window))
+            if k >= created
+            else spec.budget.start  # cold start: before the policy exists
+        )
         budgets.append(budget)
-        served = at(budget)
-        lo, hi = workload.bounds(k)
-        arrivals = []
-        for i in range(lo, hi):
-            generated[i] = served.generated[i]
-            correct[i] = served.correct[i]
-            arrivals.append((workload.arrivals[i], i, served.work[i], served.kv[i]))
+        if writer is None:  # the Deployment as the strategy found it: at its first budget
+            writer = _Writer(options, spec, budget)
+            fleet = Fleet(options.fleet, n, writer.rollout, cost, budget)
+        writer.write(fleet, budget, t)
+        arrivals = _admit(workload, k, writer, at, (served_at, generated, correct))
         fleet.run(t + interval, arrivals)
-        for q in fleet.log[len(hits_upto) - 1 :]:
-            hits_upto.append(hits_upto[-1] + correct[q])
-            tokens_upto.append(tokens_upto[-1] + generated[q])
+        _record(fleet, at, hits_upto, tokens_upto, generated, correct, served_at)
         tick()
     fleet.drain()
+    _record(fleet, at, hits_upto, tokens_upto, generated, correct, served_at)
     ledger.append((fleet.arrived, fleet.completed, fleet.queued, fleet.running))
     if isinstance(strategy, StopBudget):
         strategy.finish()
     latency = tuple(fleet.done[i] - workload.arrivals[i] for i in range(n))
-    interval_em: list[float | None] = []
-    for k in range(workload.intervals):
-        lo, hi = workload.bounds(k)
-        interval_em.append(sum(correct[lo:hi]) / (hi - lo) if hi > lo else None)
+    interval_em = _interval_em(workload, correct)
+    lo = workload.bounds(created)[0]  # the figures count from the policy's creation
+    hours = (workload.intervals - created) * workload.interval / 3600
     summary = _summary(
         strategy.name,
         spec,
-        workload,
-        budgets,
-        generated,
-        correct,
-        latency,
+        coldstart.after(workload, created),
+        budgets[created:],
+        served_at[lo:],
+        generated[lo:],
+        correct[lo:],
+        latency[lo:],
         slo,
         fleet.max_queue,
         options.eval_window_s,
+    )
+    summary = dataclasses.replace(
+        summary, restarts_per_hour=fleet.rollouts / hours, replica_s_lost=fleet.lost_s
     )
     return Run(
         name=strategy.name,
@@ -389,7 +539,103 @@ def _run(
         summary=summary,
         audits=tuple(strategy.audits) if isinstance(strategy, StopBudget) else (),
         calls=tuple(strategy.calls) if isinstance(strategy, StopBudget) else (),
+        served_at=tuple(served_at),
+        first_evidence_s=_since(strategy.first_evidence(), created * interval)
+        if isinstance(strategy, StopBudget)
+        else None,
     )
+
+
+def _observation(
+    kinds: Sequence[tuple[str, float, str]],
+    sig: FleetSignals,
+    recent: Window,
+    rates: tuple[float | None, float | None],
+    *,
+    live_em: bool,
+) -> Observation:
+    """What the operator's Prometheus reader would return at this tick."""
+    arrival_rate, throughput = rates
+    return Observation(
+        signals=tuple(
+            SignalReading(name, target, SIGNAL_KINDS[kind](sig)) for name, target, kind in kinds
+        ),
+        em=recent.em if live_em else None,
+        arrival_rate=arrival_rate,
+        throughput=throughput,
+        served_tokens=recent.mean_tokens,
+    )
+
+
+def _admit(
+    workload: Workload,
+    k: int,
+    writer: _Writer,
+    at: Callable[[int], Served],
+    outcome: tuple[list[int], list[int], list[bool]],
+) -> list[tuple[float, int, float, int]]:
+    """The requests arriving in interval ``k``, with their cost at the budget the sink
+    serves them (during a rollout the replica they land on decides: cost filled later)."""
+    served_at, generated, correct = outcome
+    lo, hi = workload.bounds(k)
+    arrivals = []
+    for i in range(lo, hi):
+        if writer.rollout is None:
+            served = at(writer.at(workload.arrivals[i]))
+            served_at[i] = served.budget
+            generated[i] = served.generated[i]
+            correct[i] = served.correct[i]
+            arrivals.append((workload.arrivals[i], i, served.work[i], served.kv[i]))
+        else:
+            arrivals.append((workload.arrivals[i], i, 0.0, 0))
+    return arrivals
+
+
+def _interval_em(workload: Workload, correct: Sequence[bool]) -> list[float | None]:
+    """EM of the requests that arrived in each interval (None: none arrived)."""
+    em: list[float | None] = []
+    for k in range(workload.intervals):
+        lo, hi = workload.bounds(k)
+        em.append(sum(correct[lo:hi]) / (hi - lo) if hi > lo else None)
+    return em
+
+
+def _rates(
+    workload: Workload, t: float, seconds: float, recent: Window
+) -> tuple[float | None, float | None]:
+    """The queueing model's rates at ``t``, as the presets' rate queries over ``seconds``
+    would read them: requests arrived per second and tokens generated per second (the
+    ``recent`` completions'); None at the first tick (no window yet)."""
+    span = min(seconds, t)
+    if span <= 0:
+        return None, None
+    arrived = bisect_left(workload.arrivals, t) - bisect_left(workload.arrivals, t - span)
+    return arrived / span, recent.tokens / span
+
+
+def _record(
+    fleet: Fleet,
+    at: Callable[[int], Served],
+    hits_upto: list[int],
+    tokens_upto: list[int],
+    generated: list[int],
+    correct: list[bool],
+    served_at: list[int],
+) -> None:
+    """Add the requests completed since the last call to the prefix sums (and, with a
+    rollout, take their budget from the replica that served them)."""
+    for q in fleet.log[len(hits_upto) - 1 :]:
+        if fleet.rollout is not None:
+            served = at(fleet.budget_of[q])
+            served_at[q] = served.budget
+            generated[q] = served.generated[q]
+            correct[q] = served.correct[q]
+        hits_upto.append(hits_upto[-1] + correct[q])
+        tokens_upto.append(tokens_upto[-1] + generated[q])
+
+
+def _since(t: float | None, origin: float) -> float | None:
+    return None if t is None else t - origin
 
 
 def _summary(
@@ -397,6 +643,7 @@ def _summary(
     spec: StopPolicySpec,
     workload: Workload,
     budgets: Sequence[int],
+    served_at: Sequence[int],
     generated: Sequence[int],
     correct: Sequence[bool],
     latency: Sequence[float],
@@ -405,10 +652,7 @@ def _summary(
     eval_window: float,
 ) -> Summary:
     n = len(generated)
-    weighted_budget = 0
-    for k, b in enumerate(budgets):
-        lo, hi = workload.bounds(k)
-        weighted_budget += b * (hi - lo)
+    weighted_budget = sum(served_at)
     met = below = nonempty = 0
     for lo, hi in evaluation_windows(workload, eval_window):
         if hi == lo:

@@ -40,7 +40,10 @@ score of a budget is, lexicographically smaller being better,
 
 then fewest generated tokens.  The oracle takes the best-scoring candidate;
 since every budget scores no better than its candidate, no strategy that moves
-its budget at the control ticks beats it in any interval.
+its budget at the control ticks beats it in any interval.  The plan assumes a
+budget applies at once; the engine runs it through the same fleet and sink as
+every strategy, so the oracle is charged the same restarts and propagation
+delay (it is the best plan, not a bound on the figures once budgets lag).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 
 from stopbudget import api
@@ -34,8 +35,51 @@ def header(comparison: Comparison) -> str:
         f"emTarget {spec.quality.em_target:g}, emFloor {spec.quality.em_floor:g}, "
         f"interval {c.workload.interval:g}s, latency SLO {c.slo_s:g}s ({c.slo_source}), "
         f"{len(audits)} audit(s) of stopbudget",
+        sink_line(comparison),
     ]
+    lines.append(
+        f"audits take {c.audit_duration_s:,.0f}s from start to use ({c.audit_duration_source})"
+    )
+    lines += cold_start_lines(comparison)
     return "\n".join(lines + [f"note: {n}" for n in notes(comparison)])
+
+
+def sink_line(comparison: Comparison) -> str:
+    """How a budget change reaches the requests, and what the oracle is charged."""
+    options, spec = comparison.options, comparison.spec
+    sink = options.sink_of(spec)
+    rolling = options.rolling_update(spec)
+    if rolling is None:
+        how = f"read live, a new budget serves requests {options.propagation_s:g}s after the patch"
+    else:
+        how = (
+            f"in the pod template, every patch rolls the pods (maxSurge {rolling.max_surge}, "
+            f"maxUnavailable {rolling.max_unavailable}, {rolling.restart_s:g}s to start a pod)"
+        )
+    return (
+        f"sink {sink}: {how}; the oracle plans as if budgets applied at once and is "
+        "charged the same"
+    )
+
+
+def cold_start_lines(comparison: Comparison) -> list[str]:
+    """With ``--cold-start``: where the run starts and the time to first evidence."""
+    cold = comparison.cold_start
+    if cold is None:
+        return []
+    again = "; the trace repeats after its end" if cold.wrapped else ""
+    out = [
+        f"cold start: quality.prior dropped; policy created at the busiest minute, minute "
+        f"{cold.minute} of the trace ({cold.requests} requests), "
+        f"{cold.trace.start + timedelta(seconds=cold.warmup):%Y-%m-%d %H:%M:%S} UTC, for "
+        f"an hour{again}; the {cold.warmup / 60:g} minutes before load the fleet at "
+        "budget.initial (every strategy) and the figures count from the creation"
+    ]
+    if any(r.name == "stopbudget" for r in comparison.runs):
+        first = comparison.run("stopbudget").first_evidence_s
+        when = "never" if first is None else f"{first:,.0f}s"
+        out.append(f"time to first evidence (creation to the first decision with a curve): {when}")
+    return out
 
 
 def notes(comparison: Comparison) -> list[str]:
@@ -65,6 +109,8 @@ ROW_HEADER = (
     "SLO met",
     "changes/h",
     "cost",
+    "restarts/h",
+    "replica-s lost",
 )
 
 
@@ -79,6 +125,8 @@ def _cells(s: Summary) -> list[str]:
         _pct(s.slo_attainment),
         _num(s.budget_changes_per_hour),
         _num(s.cost, 2),
+        _num(s.restarts_per_hour),
+        _num(s.replica_s_lost, 0),
     ]
 
 

@@ -10,7 +10,8 @@ arrive until the next tick:
   with simulated audits scheduled by the operator's scheduler,
   :func:`stopbudget.core.audits.schedule.decide` (:class:`StopBudget`);
 * ``oracle``: a schedule computed beforehand with perfect knowledge
-  (:class:`Schedule`, built by the engine from :mod:`stopbudget.sim.model`).
+  (:class:`Schedule`, built by the engine from :mod:`stopbudget.sim.model`),
+  written through the same sink as the others (charged the same restarts).
 """
 
 from __future__ import annotations
@@ -19,21 +20,25 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from stopbudget.api import (
     RESTARTING_SINKS,
     Audit,
+    AuditMethod,
+    AuditResult,
     AuditScheduleState,
     AuditTrigger,
     CurveSource,
+    LastAudit,
     StopPolicySpec,
 )
+from stopbudget.core import pooling
 from stopbudget.core.audits import schedule
-from stopbudget.core.curve import Curve, Point, from_prior
+from stopbudget.core.curve import Answers, Curve, Point, from_prior
 from stopbudget.core.law import Decision, Observation, State, decide
-from stopbudget.sim.fleet import FleetSignals
+from stopbudget.sim.fleet import FleetConfig, FleetSignals
 from stopbudget.sim.inputs import QualityTable
 from stopbudget.sim.model import answer
 
@@ -175,6 +180,8 @@ class AuditRecord:
     curve: Curve
     #: Whether the curve was used: every budget had quality.minSamples answers.
     used: bool
+    #: The audit as the pool admits it (one measurement in a simulation).
+    run: pooling.Run | None = None
 
 
 @dataclass(frozen=True)
@@ -197,14 +204,18 @@ def schedule_audit(
     created: datetime,
     running: bool,
     observation: Observation,
+    evidence: bool = True,
+    last_audit: LastAudit | None = None,
 ) -> schedule.ScheduleDecision:
     """Whether an audit starts this tick: :func:`stopbudget.core.audits.schedule.decide`,
     called as the operator's tick (``controller/reconcile.py``) calls it.
 
     ``created`` is the policy's creation (its first audit, trigger ``spec-change``, is
     due then); ``running`` whether an audit runs now; the pressure is the tick's, unknown
-    when its metrics failed.  No annotation asks for a manual audit in a simulation, and
-    no operator restart interrupts one.
+    when its metrics failed; ``evidence`` whether the law has a curve (False: a cold
+    start, audited at once and never deferred); ``last_audit`` the latest audit as status
+    would show it.  No annotation asks for a manual audit in a simulation, and no operator
+    restart interrupts one.
     """
     return schedule.decide(
         audit,
@@ -214,7 +225,31 @@ def schedule_audit(
         running=running,
         pressure=observation.pressure if observation.ok else None,
         annotations={},
+        last_audit=last_audit,
+        evidence=evidence,
     )
+
+
+def audit_seconds(audit: Audit, quality: QualityTable, fleet: FleetConfig) -> float:
+    """How long a simulated audit takes, from its work (``--audit-duration model``).
+
+    An audit of ``n = min(sampleSize, questions)`` questions generates, per question,
+    the thinking tokens the quality file records (the mean over its questions): at every
+    ladder budget with ``method: direct`` (one request per question and budget), at the
+    largest with ``truncate`` (one request, scored on each prefix).  It decodes
+    ``concurrency`` sequences at a time at the rate of a sequence in a full batch
+    (``1 / (step + step-per-seq x maxBatch)`` tokens/s: the audit shares a busy replica),
+    so it takes ``n x tokens per question / (concurrency x rate)`` seconds.  Prefill and
+    the answers' own tokens are left out (a lower bound).
+    """
+    ladder = sorted(audit.budgets)
+    budgets = ladder if audit.method == AuditMethod.DIRECT else ladder[-1:]
+    questions = range(quality.questions)
+    per_question = sum(
+        sum(answer(quality, q, b)[1] for q in questions) / quality.questions for b in budgets
+    )
+    size = min(audit.sample_size, quality.questions)
+    return size * per_question / (audit.concurrency * fleet.rate(fleet.max_batch))
 
 
 @dataclass
@@ -223,7 +258,8 @@ class StopBudget:
 
     Before the first audit the curve is ``quality.prior``.  Audits are scheduled by the
     operator's own scheduler (:func:`schedule_audit`), with the policy created at
-    ``created`` (the first tick): the first audit at creation (trigger ``spec-change``),
+    ``created`` (the first tick): the first audit at creation (trigger ``spec-change``;
+    without a prior never deferred: until it lands the law has no curve),
     then one per slot of the policy's cron schedule on the simulated clock, or, with
     ``audit_every``, one per period of that many seconds (a fixed period has no cron
     expression: each period queues a ``schedule`` trigger through
@@ -233,8 +269,10 @@ class StopBudget:
     trigger waits for the running audit), missed slots collapsing into one, and the
     precedence of triggers are the operator's.  An audit draws ``audit.sampleSize``
     questions (a fresh sample each time: the sampling noise of a real audit), scores
-    them at every ladder budget, and its curve (source audit) is used from the first
-    tick after ``audit_duration`` has passed.  Audits do not load the simulated fleet.
+    them at every ladder budget (per question, as the operator's audits do), and from the
+    first tick after ``audit_duration`` has passed the curve in use pools it with the
+    previous audits as the operator does (:mod:`stopbudget.core.pooling`).  Audits do not
+    load the simulated fleet.
     """
 
     spec: StopPolicySpec
@@ -255,7 +293,10 @@ class StopBudget:
             raise ValueError(f"audit period must be positive, got {self.audit_every}")
         self.curve = from_prior(self.spec.quality.prior, self.spec.quality.confidence)
         self.state = State()
+        #: The audits pooled into the curve in use (:mod:`stopbudget.core.pooling`).
+        self.history: tuple[pooling.Run, ...] = ()
         self._rng = random.Random(f"audits:{self.seed}")  # noqa: S311 - not security
+        self._origin = self.created
         self._pending: AuditRecord | None = None
         audit = self.spec.audit
         if audit is not None and self.audit_every is not None:
@@ -274,17 +315,21 @@ class StopBudget:
         points = []
         for b in sorted(audit.budgets):
             answers = [answer(self.quality, q, b) for q in sample]
+            correct = sum(1 << i for i, (hit, _) in enumerate(answers) if hit)
             points.append(
                 Point(
                     budget=b,
                     hits=sum(hit for hit, _ in answers),
                     samples=size,
                     mean_tokens=sum(tokens for _, tokens in answers) / size,
+                    audits=1,
+                    answers=(Answers(scored=(1 << size) - 1, correct=correct),),
                 )
             )
         curve = Curve.of(points, self.spec.quality.confidence, CurveSource.AUDIT)
         used = size >= self.spec.quality.min_samples
-        self._pending = AuditRecord(t, t + self.audit_duration, trigger, curve, used)
+        run = pooling.Run(self.created + timedelta(seconds=t), "simulated", size, curve.points)
+        self._pending = AuditRecord(t, t + self.audit_duration, trigger, curve, used, run)
 
     def _request(self, trigger: AuditTrigger) -> None:
         if self._audit is not None:
@@ -292,13 +337,17 @@ class StopBudget:
 
     def budget(self, tick: Tick) -> int:
         t = tick.t
+        self._origin = tick.now - timedelta(seconds=t)  # the instant of t = 0
         # What arrived since the last tick: a finished audit, a period's slot.
         pending = self._pending
         if pending is not None and pending.finished <= t:
             self.audits.append(pending)
             self._pending = None
-            if pending.used:
-                self.curve = pending.curve
+            if pending.used and pending.run is not None:
+                self.history, _ = pooling.admit(
+                    self.history, pending.run, self.spec.quality.confidence
+                )
+                self.curve = pooling.pooled(self.history, self.spec.quality.confidence)
         period = self.audit_every
         if period is not None and t >= self._next_period:
             self._request(AuditTrigger.SCHEDULE)  # missed periods collapse into one
@@ -316,11 +365,27 @@ class StopBudget:
             created=self.created,
             running=self._pending is not None,
             observation=tick.observation,
+            evidence=not self.curve.empty,
+            last_audit=self._last_audit(),
         )
         self._schedule = plan.state if self._audit is not None else None
         if plan.action is schedule.Action.START and plan.trigger is not None:
             self._measure(t, plan.trigger)
         return decision.budget
+
+    def _last_audit(self) -> LastAudit | None:
+        """``status.lastAudit`` as the operator would write it: the running or latest audit."""
+        record = self._pending or (self.audits[-1] if self.audits else None)
+        if record is None:
+            return None
+        result = AuditResult.RUNNING if record is self._pending else AuditResult.SUCCEEDED
+        when = self._origin + timedelta(seconds=record.started)
+        return LastAudit(time=when, trigger=record.trigger, result=result)
+
+    def first_evidence(self) -> float | None:
+        """Simulated seconds (of the run) of the first decision made with a curve (the first
+        tick with a prior); None if the law never had one."""
+        return next((c.t for c in self.calls if not c.curve.empty), None)
 
     def finish(self) -> None:
         """Record an audit still running at the end."""

@@ -424,7 +424,7 @@ def _fold(
     """:func:`observe` on ``current`` as :func:`expire` returned it at ``now`` (in UTC).
 
     A payload folds its alerts one after another: one pass over the records per alert,
-    instead of expiring and sorting them twice (``tests/test_alerts.py`` checks it
+    instead of expiring and sorting them twice (``tests/unit/core/audits/test_alerts.py`` checks it
     against the plain definition: expire, fold, append, expire).
     """
     starts_at = _as_utc(alert.starts_at)

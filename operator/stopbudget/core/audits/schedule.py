@@ -16,7 +16,11 @@ Per tick the operator calls :func:`decide` and acts on the
   ``stopbudget.io/audit-requested`` is present, whatever its value),
   ``spec-change`` (the hash of the measurement fields of ``spec.audit``,
   :func:`audit_spec_hash`, differs from ``state.specHash``; a policy whose audit
-  section is new counts as changed) and ``schedule`` (a cron slot fell in
+  section is new counts as changed), ``cold-start`` (the law has no evidence,
+  ``evidence=False``: no ``quality.prior`` and no audited curve, and no audit
+  was ever recorded in ``status.lastAudit``, or the one recorded was
+  interrupted by an operator restart; recomputed every tick, never state) and
+  ``schedule`` (a cron slot fell in
   ``(state.lastScheduleTime or creation, now]``).
 * **One at a time**: while an audit runs every due trigger waits
   (:attr:`Action.WAIT`); nothing is lost, because every trigger is either state
@@ -29,8 +33,17 @@ Per tick the operator calls :func:`decide` and acts on the
 * **Deferral**: with ``deferUnderPressure`` the automatic triggers
   (``schedule``, ``spec-change``) wait while pressure > 1, at most
   ``maxDeferral`` from the first deferral; then the audit runs anyway and the
-  reason says so.  ``alert``, ``quality-guard`` and ``manual`` are never
-  deferred.  Unknown pressure (no metrics) does not defer.
+  reason says so.  ``alert``, ``quality-guard``, ``manual`` and ``cold-start``
+  are never deferred.  Unknown pressure (no metrics) does not defer.
+* **Cold start**: while the law has no evidence (``evidence=False``) nothing is
+  deferred, whatever the trigger: without a curve the law holds
+  ``budget.initial`` (often ``max``) until an audit lands, so an audit under load
+  costs less than waiting up to ``maxDeferral`` at that budget.  A policy that
+  was never audited has the ``cold-start`` trigger due, so its audit starts at
+  the first tick where no audit is running (labelled ``spec-change`` when the
+  policy is new, see :data:`PRECEDENCE`).  An audit that failed is not re-run
+  by ``cold-start`` (a failing endpoint would be hit back to back); the next
+  schedule slot, a manual request or a spec change re-runs it, never deferred.
 * **Starting** consumes everything due: the pending triggers, the due cron slot
   (``lastScheduleTime`` becomes the latest slot <= now), the spec hash, and
   the annotation (the decision tells the caller to remove it).
@@ -65,12 +78,18 @@ MISSED_RUNS_CAP = 100
 #: picks the label) and comes right after it: an alert may be the same quality drop seen
 #: by a Prometheus rule, so an audit both asked for stays labelled ``alert``, as it was
 #: before the guard had a trigger of its own; and it goes before ``manual``, because the
-#: guard's audit would have run whether or not someone asked for one too.
+#: guard's audit would have run whether or not someone asked for one too.  ``cold-start``
+#: comes after ``spec-change``: a new policy without a prior has both due and its first
+#: audit stays labelled ``spec-change`` (the audit section is new), as before; it is
+#: never deferred all the same (no evidence), and its reason says so.  ``cold-start``
+#: labels the audits of the other cases (the prior removed before any audit, the first
+#: audit interrupted by a restart).
 PRECEDENCE: tuple[AuditTrigger, ...] = (
     AuditTrigger.ALERT,
     AuditTrigger.QUALITY_GUARD,
     AuditTrigger.MANUAL,
     AuditTrigger.SPEC_CHANGE,
+    AuditTrigger.COLD_START,
     AuditTrigger.SCHEDULE,
 )
 
@@ -226,6 +245,7 @@ def decide(
     pressure: float | None,
     annotations: Mapping[str, str],
     last_audit: LastAudit | None = None,
+    evidence: bool = True,
 ) -> ScheduleDecision:
     """Whether an audit of one policy starts now, and with which trigger.
 
@@ -234,7 +254,8 @@ def decide(
     schedule before any slot was consumed); ``running`` is whether an audit task
     of this policy runs in this process now (the world, not status);
     ``pressure`` is ``status.pressure`` (None if unknown); ``annotations`` are
-    the policy's; ``last_audit`` is ``status.lastAudit``.
+    the policy's; ``last_audit`` is ``status.lastAudit``; ``evidence`` is whether the
+    law has a curve (an audited one or ``quality.prior``): False is a cold start.
     """
     now = _utc(now, "now")
     created = _utc(created, "created")
@@ -279,6 +300,11 @@ def decide(
         )
     if slot is not None:
         why[AuditTrigger.SCHEDULE] = _missed_text(missed, since)
+    if not evidence and (last_audit is None or interrupted):
+        why[AuditTrigger.COLD_START] = (
+            "no evidence (no quality.prior, no audited curve): the law holds budget.initial "
+            "until this audit lands"
+        )
     due = tuple(t for t in PRECEDENCE if t in why)
 
     base = ScheduleDecision(
@@ -308,12 +334,11 @@ def decide(
         )
 
     extra = ""
-    if (
-        trigger in DEFERRABLE
-        and audit.defer_under_pressure
-        and pressure is not None
-        and pressure > 1
-    ):
+    under_pressure = audit.defer_under_pressure and pressure is not None and pressure > 1
+    cold = trigger in DEFERRABLE or trigger == AuditTrigger.COLD_START
+    if cold and under_pressure and not evidence and pressure is not None:
+        extra = f"; not deferred despite pressure {pressure:.2f}: no evidence yet (cold start)"
+    elif trigger in DEFERRABLE and under_pressure and pressure is not None:
         deferred_since = state.deferred_since or now
         until = deferred_since + audit.max_deferral
         if now < until:

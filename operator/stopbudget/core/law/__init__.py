@@ -25,6 +25,7 @@ DES.  step                             file          rule it reports when it act
 6     ``MetricsOrFallback``            fallback.py   runs 3-4, else ``fall_back``:
                                                      METRICS_WAIT, then FALLBACK
 3     ``follow_load``                  load.py       LOAD (p > 1), TARGET (p <= 1)
+3     ``predict_load``                 queueing.py   LOAD, TARGET (``model: queueing``)
 4     ``guard_live_em``                quality.py    QUALITY_GUARD (and an audit)
 4     ``raise_on_alert``               quality.py    ALERT
 5     ``quantise_recommendation``      stability.py  (the recommendation)
@@ -40,6 +41,11 @@ DES.  step                             file          rule it reports when it act
 5     ``move``                         stability.py  (keeps the rule; settles)
 ====  ===============================  ============  ==============================
 
+Step 1 reads the curve in use: the pooled audits (:mod:`stopbudget.core.pooling`),
+else ``quality.prior``. When no budget's lower bound reaches a bound, on a curve with
+per-question outcomes it takes the cheapest budget McNemar's exact test does not find
+worse than the best-measured one (:mod:`stopbudget.core.paired`), on a prior ``max``.
+
 A step that *settles* decides the budget to apply and writes the final reason;
 the chain ends there (``step.run``). Step 6 is listed last in DESIGN but acts in
 place of 3 and 4, which read the very metrics it finds missing (no data is not
@@ -48,7 +54,7 @@ zero load); its proposal then meets the floor guard and stability like any other
 recommendation once it is on the step grid, i.e. what would be applied.
 
 Files: one per group of closely related steps, named by what the group decides
-(``evidence``, ``load``, ``quality``, ``stability``, ``fallback``): each step is
+(``evidence``, ``load``, ``queueing``, ``quality``, ``stability``, ``fallback``): each step is
 a function of a few lines that shares its group's vocabulary, so a file per step
 would scatter fifteen tiny functions, and a group reads top to bottom in the
 chain's order. ``step.py`` holds what a step is (``Proposal``, ``Context``,

@@ -12,6 +12,7 @@ from stopbudget.core.law.fallback import MetricsOrFallback
 from stopbudget.core.law.load import follow_load
 from stopbudget.core.law.observation import Observation
 from stopbudget.core.law.quality import guard_floor, guard_live_em, raise_on_alert
+from stopbudget.core.law.queueing import predict_load
 from stopbudget.core.law.stability import (
     apply_first,
     ignore_within_tolerance,
@@ -28,8 +29,9 @@ from stopbudget.core.law.step import Context, Proposal, Step, run
 
 #: The steps after the first proposal (steps 1 and 2 make it), in order.
 STEPS: tuple[Step, ...] = (
-    # 3 and 4 read the metrics; without usable ones, 6 proposes instead.
-    MetricsOrFallback((follow_load, guard_live_em, raise_on_alert)),
+    # 3 and 4 read the metrics; without usable ones, 6 proposes instead. predict_load
+    # replaces follow_load's proposal with spec.control.model: queueing.
+    MetricsOrFallback((follow_load, predict_load, guard_live_em, raise_on_alert)),
     # 5: the recommendation, on the step grid; never below the floor.
     quantise_recommendation,
     guard_floor,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from stopbudget.api import Priority, StopPolicySpec
+from stopbudget.core import paired
 from stopbudget.core.curve import Curve
 from stopbudget.core.law.decision import Rule
 from stopbudget.core.law.step import Context, Evidence, Proposal, fmt
@@ -20,26 +21,35 @@ from stopbudget.core.law.step import Context, Evidence, Proposal, fmt
 def target_and_floor(spec: StopPolicySpec, curve: Curve) -> Evidence | None:
     """Step 1: the cheapest ladder budgets whose EM lower bound meets emTarget / emFloor.
 
-    When none within [min, max] does, ``max``, and for the target a one-line
-    ``unreachable``. None without a curve (no prior, no audit).
+    When none within [min, max] does: on a curve with per-question outcomes, the
+    cheapest budget not significantly worse than the best-measured one (McNemar's
+    exact test, :mod:`stopbudget.core.paired`), never below the floor; otherwise
+    ``max``. For the target a one-line ``unreachable`` says which and why. None
+    without a curve (no prior, no audit).
     """
     if curve.empty:
         return None
     low, high, quality = spec.budget.min, spec.budget.max, spec.quality
     target = curve.cheapest_meeting(quality.em_target, low, high)
     floor = curve.cheapest_meeting(quality.em_floor, low, high)
-    unreachable = None
-    if target is None:
-        what = "emTarget" if floor is not None else "emTarget nor emFloor"
-        unreachable = (
-            f"no budget within [{low}, {high}] reaches {what} "
-            f"(target {fmt(quality.em_target)}, floor {fmt(quality.em_floor)}) "
-            f"on the {curve.source.value} curve: using max"
-        )
+    if target is not None and floor is not None:
+        return Evidence(target=target, floor=floor)
+    choice = paired.cheapest_not_worse(curve, low, high)
+    flat = high if choice is None else choice.budget
+    if target is not None:  # the floor alone is unreachable: never above the target
+        return Evidence(target=target, floor=min(flat, target))
+    what = "emTarget" if floor is not None else "emTarget nor emFloor"
+    floor = flat if floor is None else floor
+    head = (
+        f"no budget within [{low}, {high}] reaches {what} "
+        f"(target {fmt(quality.em_target)}, floor {fmt(quality.em_floor)}) "
+        f"on the {curve.source.value} curve"
+    )
+    if choice is None:
+        return Evidence(target=high, floor=floor, unreachable=f"{head}: using max")
+    target = max(floor, choice.budget)
     return Evidence(
-        target=high if target is None else target,
-        floor=high if floor is None else floor,
-        unreachable=unreachable,
+        target=target, floor=floor, unreachable=f"{head}; {choice.describe()}: using {target}"
     )
 
 

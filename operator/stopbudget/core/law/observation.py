@@ -35,6 +35,12 @@ class Observation:
     em_error: str | None = None
     #: Share of requests stopped by the budget (preset query), informational.
     truncation: float | None = None
+    #: Requests arriving per second (the preset's arrival-rate query); None: no data.
+    arrival_rate: float | None = None
+    #: Tokens generated per second by the fleet (the preset's throughput query); None: no data.
+    throughput: float | None = None
+    #: Mean tokens generated per finished request (throughput / completion rate); None: no data.
+    served_tokens: float | None = None
     #: Extra informational values, e.g. for status.
     extra: Mapping[str, float] = field(default_factory=dict)
 
