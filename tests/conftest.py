@@ -199,7 +199,12 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]
 
 @pytest.fixture(scope="session")
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[engine.DevLlamaServer]:
-    """llama-server on 127.0.0.1 (4 slots, 8192 tokens of context, 2 threads, --metrics)."""
+    """llama-server on 127.0.0.1 (4 slots, 8192 tokens of context, one thread, --metrics).
+
+    One thread: with the suite keeping both cores busy, two llama.cpp threads wait for
+    each other at every step (measured at load average 8: 5-7 tokens/s with -t 2, 27-31
+    with -t 1); the tests count tokens, never speed."""
     require_engine()
-    with engine.DevLlamaServer(workdir=tmp_path_factory.mktemp("llama-server")) as server:
+    workdir = tmp_path_factory.mktemp("llama-server")
+    with engine.DevLlamaServer(workdir=workdir, threads=1) as server:
         yield server

