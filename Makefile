@@ -24,7 +24,7 @@ help:
 	@echo "make pytest - every test: tests/unit and tests/e2e (real servers, clusters, llama-server)"
 	@echo "make crd    - regenerate crds/ (and the chart's copy) from operator/stopbudget/api/"
 	@echo "make docs   - regenerate docs/api.md from the models"
-	@echo "make bench  - simulator (restarts charged, 10 seeds), audit and operator benchmarks on the bundled real data (~4 min)"
+	@echo "make bench  - simulator (restarts charged, 10 seeds; the law's reactive vs queueing load step), audit and operator benchmarks on the bundled real data (~4 min)"
 	@echo "make bench-operator - operator overhead at 10, 100 and 1,000 policies (~4 min)"
 	@echo "make bench-gate - the gate's added latency, throughput and RSS; caps on llama-server (~3 min)"
 	@echo "make flake-hunt - make test RUNS times (default 5) with both cores loaded"
@@ -88,6 +88,7 @@ docs: $(STAMP)
 
 bench: setup
 	$(BIN)/python benchmarks/bench_simulator.py
+	$(BIN)/python benchmarks/bench_law_model.py
 	$(BIN)/python benchmarks/bench_cold_start.py
 	$(BIN)/python benchmarks/bench_audit.py
 	$(BIN)/python benchmarks/bench_operator.py --sizes 10,100 --diagnose no

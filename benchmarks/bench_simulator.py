@@ -102,6 +102,8 @@ class Job:
     #: Keep the texts (seed 0 of the policy's sink), and write results and plots here.
     full: bool = False
     out: str | None = None
+    #: ``--law``: the load step of stopbudget's law (None: the policy's control.model).
+    law: str | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,8 @@ def command(job: Job) -> list[str]:
         line[line.index("--seed") + 1] = str(job.seed)
     if job.sink is not None:
         line += ["--sink", job.sink]
+    if job.law is not None:
+        line += ["--law", job.law]
     if job.out is not None:
         line += ["--out", job.out]
     return line

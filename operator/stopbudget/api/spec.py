@@ -636,7 +636,9 @@ class Control(_Model):
         "queueing predicts the pressure each ladder budget would cause (arrival rate x the "
         "audits' tokens per request, against the throughput that puts the signals at target) "
         "and takes the highest that stays at or under 1; without those inputs it uses the "
-        "reactive rule and says why.",
+        "reactive rule and says why (the vllm and tgi presets give an arrival rate; sglang, "
+        "llamacpp and none do not). Not the default: on the simulator's bursty trace it kept "
+        "the latency SLO less often than reactive.",
     )
 
 
