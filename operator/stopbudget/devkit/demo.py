@@ -45,7 +45,7 @@ import tempfile
 import threading
 import time
 from bisect import bisect_left, bisect_right
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import pairwise
@@ -537,18 +537,25 @@ def run(options: Options, stream: TextIO | None = None) -> DemoResult:
     """
     console = _Console(stream if stream is not None else sys.stdout, options.quiet)
     result = DemoResult()
+    result.exit_code = guarded(lambda signals: _run(options, console, result, signals), console)
+    return result
+
+
+def guarded(body: Callable[[_Signals], None], console: _Console) -> int:
+    """Run a demo's ``body`` with Ctrl-C and SIGTERM caught; its exit code: 0, 1 on a
+    :class:`DemoError` (said on stderr), 130 on Ctrl-C, 143 on SIGTERM."""
     with _Signals() as signals:
         try:
-            _run(options, console, result, signals)
-            result.exit_code = 0
+            body(signals)
         except (KeyboardInterrupt, _Terminated) as exc:
-            result.exit_code = 130 if isinstance(exc, KeyboardInterrupt) else 143
+            code = 130 if isinstance(exc, KeyboardInterrupt) else 143
             if not console.stopping:
-                console.say("interrupted" if result.exit_code == 130 else "terminated", always=True)
+                console.say("interrupted" if code == 130 else "terminated", always=True)
+            return code
         except DemoError as exc:
             sys.stderr.write(f"stopbudget demo: {exc}\n")
-            result.exit_code = 1
-    return result
+            return 1
+    return 0
 
 
 def _run(options: Options, console: _Console, result: DemoResult, signals: _Signals) -> None:

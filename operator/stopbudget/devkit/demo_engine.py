@@ -46,6 +46,7 @@ from stopbudget.devkit.demo import (
     _stop_process,
     _tail,
     _Terminated,
+    guarded,
 )
 
 if TYPE_CHECKING:
@@ -180,17 +181,7 @@ def run(options: EngineOptions, stream: TextIO | None = None) -> EngineDemoResul
     """Run the demo on llama-server; everything it started is stopped when this returns."""
     console = _Console(stream if stream is not None else sys.stdout, options.quiet)
     result = EngineDemoResult()
-    with _Signals() as signals:
-        try:
-            _run(options, console, result, signals)
-            result.exit_code = 0
-        except (KeyboardInterrupt, _Terminated) as exc:
-            result.exit_code = 130 if isinstance(exc, KeyboardInterrupt) else 143
-            if not console.stopping:
-                console.say("interrupted" if result.exit_code == 130 else "terminated", always=True)
-        except DemoError as exc:
-            sys.stderr.write(f"stopbudget demo: {exc}\n")
-            result.exit_code = 1
+    result.exit_code = guarded(lambda signals: _run(options, console, result, signals), console)
     return result
 
 
