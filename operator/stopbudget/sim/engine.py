@@ -160,15 +160,10 @@ class Options:
 
 def with_sink(spec: StopPolicySpec, sink: str) -> StopPolicySpec:
     """``spec`` as the law sees it with the budget written to ``sink`` (only the sink's
-    type matters to the law: whether a patch restarts pods).  A sink the API does not
-    name yet (aiGateway) is read live, as configMap."""
+    type matters to the law: whether a patch restarts pods)."""
     if sink == spec.budget.sink.type.value:
         return spec
-    try:
-        kind = SinkType(sink)
-    except ValueError:
-        kind = SinkType.CONFIG_MAP
-    written = spec.budget.sink.model_copy(update={"type": kind})
+    written = spec.budget.sink.model_copy(update={"type": SinkType(sink)})
     budget = spec.budget.model_copy(update={"sink": written})
     return spec.model_copy(update={"budget": budget})
 

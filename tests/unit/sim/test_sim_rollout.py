@@ -394,3 +394,12 @@ def test_the_cli_takes_the_sink_and_rollout_flags() -> None:
     )  # fmt: skip
     assert wrong.returncode == 2
     assert "--max-surge 'lots'" in wrong.stderr
+
+
+def test_the_sinks_the_simulator_and_its_cli_name_are_the_apis() -> None:
+    """--sink's choices, the simulator's list and the API's sink types are one set."""
+    from stopbudget.api import SinkType
+    from stopbudget.cli.simulate import SINK_CHOICES
+    from stopbudget.sim.engine import SINKS
+
+    assert set(SINK_CHOICES) == set(SINKS) == {s.value for s in SinkType}
